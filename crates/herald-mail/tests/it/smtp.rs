@@ -1,0 +1,323 @@
+//! The SMTP transport against a real SMTP server: aiosmtpd, started per test
+//! on a free port by `tests/smtp_capture.py`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+
+use herald_mail::transport::{SmtpConfig, SmtpSecurity, SmtpTransport};
+use herald_mail::{SendError, Transport};
+use secrecy::SecretString;
+
+use crate::support::{assert_mime_matches, email};
+
+/// A running capture server; stopped (stdin closed, then killed) on drop.
+struct CaptureServer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl CaptureServer {
+    fn start(extra_args: &[&str]) -> Self {
+        let probe = Command::new("python3")
+            .args(["-c", "import aiosmtpd"])
+            .output();
+        match probe {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => panic!(
+                "the SMTP tests need Python's aiosmtpd: run `python3 -m pip install aiosmtpd` ({})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(err) => panic!("the SMTP tests need python3 with aiosmtpd installed: {err}"),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_capture.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(dir.path())
+            .args(extra_args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the capture server");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("capture server did not start: {line:?}"));
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            stdin,
+            port,
+            dir,
+        }
+    }
+
+    /// Messages received so far, in order: (envelope, raw bytes).
+    fn messages(&self) -> Vec<(serde_json::Value, Vec<u8>)> {
+        let mut emls: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        emls.sort();
+        emls.into_iter()
+            .map(|eml| {
+                let meta = std::fs::read(eml.with_extension("json")).unwrap();
+                (
+                    serde_json::from_slice(&meta).unwrap(),
+                    std::fs::read(&eml).unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for CaptureServer {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(port: u16, security: SmtpSecurity) -> SmtpConfig {
+    SmtpConfig {
+        host: "127.0.0.1".into(),
+        port: Some(port),
+        security,
+        username: None,
+        password: None,
+        ca_file: None,
+        pool_size: 2,
+        rate_limit_per_second: None,
+        timeout: std::time::Duration::from_secs(20),
+    }
+}
+
+#[tokio::test]
+async fn delivers_multipart_mail_with_all_headers_over_a_pooled_connection() {
+    let server = CaptureServer::start(&[]);
+    let transport: Arc<dyn Transport> =
+        Arc::new(SmtpTransport::new(&config(server.port, SmtpSecurity::None)).unwrap());
+    assert_eq!(transport.kind(), "smtp");
+    let emails: Vec<_> = (1..=5)
+        .map(|i| email(&format!("member{i}@example.net"), "alert-9", &format!("m{i}")))
+        .collect();
+    // Concurrent sends share the pool.
+    let sends = emails.iter().map(|e| {
+        let transport = transport.clone();
+        async move { transport.send(e).await }
+    });
+    let receipts = futures::future::join_all(sends).await;
+    for receipt in &receipts {
+        let id = receipt.as_ref().unwrap().provider_message_id.clone().unwrap();
+        assert!(id.starts_with("250 ") && id.contains("queued as herald-test-"), "{id}");
+    }
+
+    let mut received = server.messages();
+    assert_eq!(received.len(), 5);
+    received.sort_by_key(|(meta, _)| meta["rcpt_tos"][0].as_str().unwrap().to_owned());
+    for (email, (meta, raw)) in emails.iter().zip(&received) {
+        assert_eq!(meta["mail_from"], "alerts@shop.example.com");
+        assert_eq!(
+            meta["rcpt_tos"],
+            serde_json::json!([email.to.email.to_string()])
+        );
+        assert_mime_matches(raw, email);
+    }
+}
+
+#[tokio::test]
+async fn recipient_rejections_are_permanent_and_busy_mailboxes_transient() {
+    let server = CaptureServer::start(&[]);
+    let transport = SmtpTransport::new(&config(server.port, SmtpSecurity::None)).unwrap();
+
+    let err = transport
+        .send(&email("reject-me@example.net", "a1", "m1"))
+        .await
+        .unwrap_err();
+    match &err {
+        SendError::Permanent {
+            reason,
+            suppress_address,
+        } => {
+            assert!(*suppress_address, "{err}");
+            assert!(reason.contains("no such user"), "{reason}");
+        }
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
+
+    let err = transport
+        .send(&email("busy@example.net", "a1", "m2"))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains("Mailbox busy"), "{err}");
+
+    // The pool still works after both failures.
+    transport
+        .send(&email("fine@example.net", "a1", "m3"))
+        .await
+        .unwrap();
+    assert_eq!(server.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_a_transient_failure() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let transport = SmtpTransport::new(&config(port, SmtpSecurity::None)).unwrap();
+    let err = transport
+        .send(&email("a@example.net", "a1", "m1"))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+}
+
+#[tokio::test]
+async fn invalid_messages_fail_permanently_before_connecting() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let transport = SmtpTransport::new(&config(port, SmtpSecurity::None)).unwrap();
+    let mut bad = email("a@example.net", "a1", "m1");
+    bad.custom_args.insert("Bad-Key".into(), "x".into());
+    let err = transport.send(&bad).await.unwrap_err();
+    assert_eq!(
+        err,
+        SendError::Permanent {
+            reason: "invalid message: custom arg key \"Bad-Key\" must be 1-64 characters of a-z, 0-9 and '_', starting with a letter".into(),
+            suppress_address: false,
+        }
+    );
+}
+
+/// A private CA and a certificate for `localhost` signed by it, as PEM files.
+struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Herald test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), leaf.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), leaf_key.serialize_pem()).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+fn tls_config(port: u16, security: SmtpSecurity, pki: &TestPki) -> SmtpConfig {
+    SmtpConfig {
+        host: "localhost".into(),
+        ca_file: Some(pki.path("ca.pem").into()),
+        ..config(port, security)
+    }
+}
+
+#[tokio::test]
+async fn starttls_with_auth_delivers_and_wrong_password_is_refused() {
+    let pki = TestPki::new();
+    let server = CaptureServer::start(&[
+        "--starttls",
+        &pki.path("cert.pem"),
+        &pki.path("key.pem"),
+        "--auth",
+        "herald",
+        "s3cret",
+    ]);
+    let mut good = tls_config(server.port, SmtpSecurity::Starttls, &pki);
+    good.username = Some("herald".into());
+    good.password = Some(SecretString::from("s3cret"));
+    let message = email("tls@example.net", "a1", "m1");
+    SmtpTransport::new(&good)
+        .unwrap()
+        .send(&message)
+        .await
+        .unwrap();
+    let received = server.messages();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].0["auth_user"], "herald");
+    assert_eq!(received[0].0["tls"], true);
+    assert_mime_matches(&received[0].1, &message);
+
+    let mut wrong = good.clone();
+    wrong.password = Some(SecretString::from("guess"));
+    let err = SmtpTransport::new(&wrong)
+        .unwrap()
+        .send(&message)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SendError::Permanent {
+                suppress_address: false,
+                ..
+            }
+        ),
+        "bad credentials must not suppress the member: {err:?}"
+    );
+
+    // Without the private CA the server's certificate is not trusted.
+    let untrusted = SmtpConfig {
+        ca_file: None,
+        ..good.clone()
+    };
+    let err = SmtpTransport::new(&untrusted)
+        .unwrap()
+        .send(&message)
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert_eq!(server.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn implicit_tls_delivers() {
+    let pki = TestPki::new();
+    let server = CaptureServer::start(&[
+        "--implicit-tls",
+        &pki.path("cert.pem"),
+        &pki.path("key.pem"),
+    ]);
+    let message = email("wrapped@example.net", "a1", "m1");
+    SmtpTransport::new(&tls_config(server.port, SmtpSecurity::Tls, &pki))
+        .unwrap()
+        .send(&message)
+        .await
+        .unwrap();
+    let received = server.messages();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].0["tls"], true);
+    assert_mime_matches(&received[0].1, &message);
+}

@@ -1,0 +1,63 @@
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database URL {url:?} is not valid: {message}")]
+    InvalidUrl { url: String, message: String },
+    #[error("{backend} store: migration failed: {message}")]
+    Migration {
+        backend: &'static str,
+        message: String,
+    },
+    #[error("{backend} store: {message}")]
+    Backend {
+        backend: &'static str,
+        message: String,
+    },
+    #[error("{backend} store: stored {what} cannot be read back: {message}")]
+    Corrupt {
+        backend: &'static str,
+        what: &'static str,
+        message: String,
+    },
+    #[error("{field}: {message}")]
+    InvalidInput {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{what} already exists")]
+    Conflict { what: String },
+}
+
+impl StoreError {
+    pub(crate) fn sqlite(e: sqlx::Error, context: &str) -> Self {
+        Self::from_sqlx(crate::sqlite::BACKEND, e, context)
+    }
+
+    pub(crate) fn postgres(e: sqlx::Error, context: &str) -> Self {
+        Self::from_sqlx(crate::postgres::BACKEND, e, context)
+    }
+
+    pub(crate) fn from_sqlx(backend: &'static str, e: sqlx::Error, context: &str) -> Self {
+        StoreError::Backend {
+            backend,
+            message: format!("{context}: {e}"),
+        }
+    }
+
+    /// The backend this error came from, when it came from one.
+    pub fn backend(&self) -> Option<&'static str> {
+        match self {
+            StoreError::Migration { backend, .. }
+            | StoreError::Backend { backend, .. }
+            | StoreError::Corrupt { backend, .. } => Some(backend),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a failed statement broke a unique constraint.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}

@@ -1,0 +1,154 @@
+//! The data-access layer: the only code that writes SQL. One trait per
+//! aggregate, each implemented for SQLite and PostgreSQL, reached through
+//! [`Store`].
+//!
+//! Adding an aggregate means one trait with its rules (`src/<aggregate>/mod.rs`),
+//! the statements per dialect (`sqlite.rs`, `postgres.rs` beside it), one
+//! field and one accessor on [`Store`].
+#![forbid(unsafe_code)]
+
+pub mod api_keys;
+mod error;
+pub mod leases;
+pub mod postgres;
+pub mod sqlite;
+mod url;
+
+use std::fmt;
+use std::sync::Arc;
+
+use herald_core::{Clock, SystemClock};
+
+pub use api_keys::ApiKeyStore;
+pub use error::StoreError;
+pub use leases::{Lease, LeaseStore};
+pub use postgres::PgDb;
+pub use sqlite::SqliteDb;
+pub use url::mask_password;
+
+use api_keys::{postgres::PgApiKeySql, sqlite::SqliteApiKeySql, ApiKeys};
+use leases::{postgres::PgLeaseSql, sqlite::SqliteLeaseSql, Leases};
+use url::BackendKind;
+
+/// The store: one database and every aggregate on it. Clones share it.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    api_keys: Box<dyn ApiKeyStore>,
+    leases: Box<dyn LeaseStore>,
+}
+
+enum Db {
+    Sqlite(SqliteDb),
+    Postgres(PgDb),
+}
+
+impl Store {
+    /// Opens the database the URL names: `sqlite:<path>`, `sqlite://<path>`
+    /// or a plain path for SQLite, `postgres://` or `postgresql://` for
+    /// PostgreSQL. Does not migrate.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Self::connect_with_clock(url, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Store::connect`], reading the time from `clock`.
+    pub async fn connect_with_clock(url: &str, clock: Arc<dyn Clock>) -> Result<Store, StoreError> {
+        Ok(match url::backend_of(url)? {
+            BackendKind::Sqlite => Self::from_sqlite(SqliteDb::open_url(url).await?, clock),
+            BackendKind::Postgres => Self::from_postgres(PgDb::connect(url).await?, clock),
+        })
+    }
+
+    pub fn from_sqlite(db: SqliteDb, clock: Arc<dyn Clock>) -> Store {
+        Self::build(
+            Box::new(ApiKeys::new(SqliteApiKeySql(db.clone()), clock.clone())),
+            Box::new(Leases::new(SqliteLeaseSql(db.clone()), clock)),
+            Db::Sqlite(db),
+        )
+    }
+
+    pub fn from_postgres(db: PgDb, clock: Arc<dyn Clock>) -> Store {
+        Self::build(
+            Box::new(ApiKeys::new(PgApiKeySql(db.pool.clone()), clock.clone())),
+            Box::new(Leases::new(PgLeaseSql(db.pool.clone()), clock)),
+            Db::Postgres(db),
+        )
+    }
+
+    fn build(api_keys: Box<dyn ApiKeyStore>, leases: Box<dyn LeaseStore>, db: Db) -> Store {
+        Store {
+            inner: Arc::new(Inner {
+                db,
+                api_keys,
+                leases,
+            }),
+        }
+    }
+
+    /// `"sqlite"` or `"postgres"`, the name errors use too.
+    pub fn backend(&self) -> &'static str {
+        match self.inner.db {
+            Db::Sqlite(_) => sqlite::BACKEND,
+            Db::Postgres(_) => postgres::BACKEND,
+        }
+    }
+
+    /// Brings the schema up to date; running it again is a no-op.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.inner.db {
+            Db::Sqlite(db) => db.migrate().await,
+            Db::Postgres(db) => db.migrate().await,
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.inner.db {
+            Db::Sqlite(db) => db.ping().await,
+            Db::Postgres(db) => db.ping().await,
+        }
+    }
+
+    /// Closes every connection; later operations fail with a backend error.
+    pub async fn close(&self) {
+        match &self.inner.db {
+            Db::Sqlite(db) => db.close().await,
+            Db::Postgres(db) => db.close().await,
+        }
+    }
+
+    /// The SQLite database, which the embedded bus shares.
+    pub fn sqlite(&self) -> Option<&SqliteDb> {
+        match &self.inner.db {
+            Db::Sqlite(db) => Some(db),
+            Db::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL database, for a bus backend that lives in it.
+    pub fn postgres(&self) -> Option<&PgDb> {
+        match &self.inner.db {
+            Db::Postgres(db) => Some(db),
+            Db::Sqlite(_) => None,
+        }
+    }
+
+    pub fn api_keys(&self) -> &dyn ApiKeyStore {
+        self.inner.api_keys.as_ref()
+    }
+
+    pub fn leases(&self) -> &dyn LeaseStore {
+        self.inner.leases.as_ref()
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .finish_non_exhaustive()
+    }
+}

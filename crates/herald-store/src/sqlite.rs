@@ -1,0 +1,154 @@
+//! The SQLite side of the store: one file in WAL mode, reached through a
+//! single-connection writer pool and a pool of readers.
+//!
+//! SQLite allows one writer at a time. Funnelling every write of this process
+//! through one connection makes writers queue in the pool (an async wait)
+//! instead of spinning in SQLite's busy handler; the busy timeout still
+//! covers other processes that open the same file.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::StoreError;
+
+pub(crate) const BACKEND: &str = "sqlite";
+
+/// How long a statement waits for another process's write lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// An open SQLite database: every write goes through `writer`.
+#[derive(Debug, Clone)]
+pub struct SqliteDb {
+    pub writer: SqlitePool,
+    pub reader: SqlitePool,
+    path: PathBuf,
+}
+
+impl SqliteDb {
+    /// Opens (creating if needed) the database at `path`, creating its
+    /// parent folder too.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Backend {
+                backend: BACKEND,
+                message: format!("cannot create folder {}: {e}", parent.display()),
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-32000");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| StoreError::sqlite(e, &format!("cannot open {}", path.display())))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(|e| StoreError::sqlite(e, &format!("cannot open {}", path.display())))?;
+        Ok(Self {
+            writer,
+            reader,
+            path,
+        })
+    }
+
+    /// Opens the database named by a `sqlite:` URL (`sqlite://path`,
+    /// `sqlite:path`) or a plain path.
+    pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+        Self::open(sqlite_path(url)?).await
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR
+            .run(&self.writer)
+            .await
+            .map_err(|e| StoreError::Migration {
+                backend: BACKEND,
+                message: e.to_string(),
+            })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(|e| StoreError::sqlite(e, "ping"))?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+/// The file path inside a `sqlite:` URL.
+pub fn sqlite_path(url: &str) -> Result<PathBuf, StoreError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let rest = rest.split('?').next().unwrap_or_default();
+    if rest.is_empty() || rest == ":memory:" {
+        return Err(StoreError::InvalidUrl {
+            url: url.to_owned(),
+            message:
+                "give a file path; an in-memory database cannot be shared by the store and the bus"
+                    .into(),
+        });
+    }
+    PathBuf::from_str(rest).map_err(|e| StoreError::InvalidUrl {
+        url: url.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms_name_the_same_file() {
+        for url in [
+            "sqlite://data/h.db",
+            "sqlite:data/h.db",
+            "data/h.db",
+            "sqlite://data/h.db?mode=rwc",
+        ] {
+            assert_eq!(
+                sqlite_path(url).unwrap(),
+                PathBuf::from("data/h.db"),
+                "{url}"
+            );
+        }
+        assert_eq!(
+            sqlite_path("sqlite:///abs/h.db").unwrap(),
+            PathBuf::from("/abs/h.db")
+        );
+        assert!(sqlite_path("sqlite::memory:").is_err());
+        assert!(sqlite_path("sqlite://").is_err());
+    }
+}

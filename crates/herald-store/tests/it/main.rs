@@ -1,0 +1,9 @@
+//! The store suite: every case is written once and runs on SQLite and on
+//! PostgreSQL (see `harness` for how each test gets a fresh database).
+
+#[macro_use]
+mod harness;
+
+mod api_keys;
+mod leases;
+mod lifecycle;

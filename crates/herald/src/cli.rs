@@ -1,0 +1,163 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::LogFormat;
+use crate::roles::Role;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Triggered marketing email and the event traffic that comes back from it",
+    long_about = "Herald sends brand alert emails and routes the provider events that come back.\n\
+        With no configuration it runs all-in-one on ./herald-data/herald.db, listening on 127.0.0.1:8080.",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Configuration file (default: ./herald.toml when it exists).
+    #[arg(long, short = 'c', global = true, env = "HERALD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log format; overrides log.format.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the HTTP server and the role workers; stop with Ctrl-C or SIGTERM.
+    Serve(ServeArgs),
+    /// Apply the store's database migrations.
+    Migrate,
+    /// Inspect and manage queues.
+    #[command(subcommand)]
+    Queues(QueuesCommand),
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Measure Herald against a reference doing the same work in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Roles to run in this process, comma-separated (default: all).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "ROLES")]
+    pub roles: Vec<Role>,
+    /// Address to listen on; overrides server.listen (0.0.0.0:8080 opens it to the network).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueuesCommand {
+    /// Every queue with its counts.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts for one queue.
+    Stats { queue: String },
+    /// Show the oldest messages of a queue without receiving them.
+    Peek {
+        queue: String,
+        /// How many messages.
+        #[arg(long, default_value_t = 10)]
+        max: usize,
+    },
+    /// Delete every message of a queue.
+    Purge {
+        queue: String,
+        /// Confirm; purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Move dead-lettered messages back, oldest first.
+    Redrive {
+        /// The dead-letter queue, e.g. brand-alert-emails.dlq.
+        dead_letter: String,
+        /// Destination (default: the dead-letter queue's name without ".dlq").
+        #[arg(long)]
+        to: Option<String>,
+        /// Move at most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Create a queue (or update its settings) with its dead-letter queue.
+    Create {
+        queue: String,
+        /// Deliveries before a message moves to the dead-letter queue (0: never).
+        #[arg(long)]
+        max_receives: Option<u32>,
+    },
+    /// Send one message (the body as given) to a queue.
+    Send {
+        queue: String,
+        body: String,
+        /// Attributes as key=value; repeatable.
+        #[arg(long = "attribute", short = 'a', value_name = "KEY=VALUE")]
+        attributes: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the configuration in force, secrets masked.
+    Show,
+    /// Print the commented default configuration file.
+    Defaults,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key; its secret is printed once.
+    Create {
+        /// A label, e.g. the team or the shard using it.
+        #[arg(long)]
+        name: String,
+        /// Scopes: admin, marketing, read-only, or queues:<prefix>; repeatable or comma-separated.
+        #[arg(long = "scope", value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+    /// List API keys (never their secrets).
+    List,
+    /// Revoke an API key by id.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Send N messages in batches, then receive and ack them with K consumers,
+    /// on the embedded bus; the reference does the same row work with raw SQL.
+    Bus(BusBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BusBenchArgs {
+    /// Messages to send and receive.
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: usize,
+    /// Messages per send batch and per receive.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Concurrent consumers.
+    #[arg(long, default_value_t = 4)]
+    pub consumers: usize,
+    /// Bytes in every message body.
+    #[arg(long, default_value_t = 128)]
+    pub body_bytes: usize,
+    /// Folder for the benchmark's databases (default: the system's temporary folder).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}

@@ -1,0 +1,217 @@
+//! Operator commands: each opens the backends from configuration, does one
+//! thing, and prints the result for a person (or JSON where asked).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use herald_bus::bench::{run_bus_bench, BusBenchOptions};
+use herald_bus::{Bus, OutgoingMessage, QueueConfig};
+use herald_core::api_key::{ApiKeyId, ApiKeyName, Scopes};
+use herald_core::QueueName;
+
+use crate::app::Backends;
+use crate::cli::{BenchCommand, ConfigCommand, KeysCommand, QueuesCommand};
+use crate::config::{Config, DEFAULT_CONFIG};
+
+pub fn config(command: &ConfigCommand, config: &Config) {
+    match command {
+        ConfigCommand::Show => print!("{}", config.to_masked_toml()),
+        ConfigCommand::Defaults => print!("{DEFAULT_CONFIG}"),
+    }
+}
+
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let backends = Backends::open(config).await.context("cannot open the store")?;
+    println!("migrations applied to the {} store", backends.store.backend());
+    backends.close().await;
+    Ok(())
+}
+
+/// The settings a queue created by an operator gets from configuration.
+pub fn queue_config(config: &Config, max_receives: Option<u32>) -> QueueConfig {
+    QueueConfig {
+        max_receives: max_receives.unwrap_or(config.bus.max_receives),
+        dead_letter_queue: None,
+        dedup_window: config.bus.dedup_window,
+        max_body_bytes: config.bus.max_body_bytes,
+    }
+}
+
+fn queue_name(raw: &str) -> anyhow::Result<QueueName> {
+    QueueName::parse(raw).map_err(anyhow::Error::from)
+}
+
+pub async fn queues(command: &QueuesCommand, config: &Config) -> anyhow::Result<()> {
+    let backends = Backends::open(config).await.context("cannot open the backends")?;
+    let result = run_queues(command, config, backends.bus.as_ref()).await;
+    backends.close().await;
+    result
+}
+
+async fn run_queues(command: &QueuesCommand, config: &Config, bus: &dyn Bus) -> anyhow::Result<()> {
+    match command {
+        QueuesCommand::List { json } => {
+            let mut rows = Vec::new();
+            for queue in bus.list_queues().await? {
+                let stats = bus.stats(&queue.name).await?;
+                rows.push((queue.name, stats));
+            }
+            if *json {
+                let value: Vec<_> = rows
+                    .iter()
+                    .map(|(name, stats)| serde_json::json!({"queue": name, "stats": stats}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&value)?);
+                return Ok(());
+            }
+            if rows.is_empty() {
+                println!("no queues yet");
+                return Ok(());
+            }
+            let width = rows.iter().map(|(n, _)| n.as_str().len()).max().unwrap_or(5).max(5);
+            println!(
+                "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>10}",
+                "QUEUE", "VISIBLE", "IN FLIGHT", "DELAYED", "DLQ", "OLDEST"
+            );
+            for (name, s) in rows {
+                println!(
+                    "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>10}",
+                    name.as_str(),
+                    s.visible,
+                    s.in_flight,
+                    s.delayed,
+                    s.dead_lettered,
+                    s.oldest_age.map(format_age).unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        QueuesCommand::Stats { queue } => {
+            let stats = bus.stats(&queue_name(queue)?).await?;
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+        }
+        QueuesCommand::Peek { queue, max } => {
+            for message in bus.peek(&queue_name(queue)?, *max).await? {
+                println!("{}", serde_json::to_string(&message)?);
+            }
+        }
+        QueuesCommand::Purge { queue, yes } => {
+            if !yes {
+                bail!("purging {queue} deletes every message in it; add --yes to confirm");
+            }
+            let purged = bus.purge(&queue_name(queue)?).await?;
+            println!("purged {purged} messages from {queue}");
+        }
+        QueuesCommand::Redrive { dead_letter, to, limit } => {
+            let to = match to {
+                Some(to) => to.clone(),
+                None => match dead_letter.strip_suffix(".dlq") {
+                    Some(source) => source.to_owned(),
+                    None => bail!("{dead_letter} does not end in .dlq; name the destination with --to"),
+                },
+            };
+            let moved = bus.redrive(&queue_name(dead_letter)?, &queue_name(&to)?, *limit).await?;
+            println!("moved {moved} messages from {dead_letter} to {to}");
+        }
+        QueuesCommand::Create { queue, max_receives } => {
+            bus.ensure_queue(&queue_name(queue)?, queue_config(config, *max_receives)).await?;
+            println!("queue {queue} is ready");
+        }
+        QueuesCommand::Send { queue, body, attributes } => {
+            let mut message = OutgoingMessage::new(body.clone().into_bytes());
+            for attribute in attributes {
+                let Some((key, value)) = attribute.split_once('=') else {
+                    bail!("attribute {attribute:?} is not KEY=VALUE");
+                };
+                message = message.attribute(key, value);
+            }
+            let id = bus.send(&queue_name(queue)?, message).await?;
+            println!("{id}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn keys(command: &KeysCommand, config: &Config) -> anyhow::Result<()> {
+    let backends = Backends::open(config).await.context("cannot open the store")?;
+    let keys = backends.store.api_keys();
+    let result = async {
+        match command {
+            KeysCommand::Create { name, scopes } => {
+                let name = ApiKeyName::parse(name.as_str())?;
+                let scopes = Scopes::new(
+                    scopes
+                        .iter()
+                        .map(|s| s.trim().parse())
+                        .collect::<Result<Vec<_>, _>>()?,
+                )?;
+                let (key, token) = keys.create(&name, &scopes).await?;
+                eprintln!("created API key {} ({}) with scopes {}", key.id.as_str(), key.name.as_str(), key.scopes);
+                eprintln!("this is the only time the key is shown; store it now:");
+                println!("{}", token.expose());
+            }
+            KeysCommand::List => {
+                println!("{:<24}  {:<24}  {:<30}  {:<8}", "ID", "NAME", "SCOPES", "STATE");
+                for key in keys.list().await? {
+                    let state = if key.is_revoked() { "revoked" } else { "active" };
+                    println!(
+                        "{:<24}  {:<24}  {:<30}  {:<8}",
+                        key.id.as_str(),
+                        key.name.as_str(),
+                        key.scopes.to_string(),
+                        state
+                    );
+                }
+            }
+            KeysCommand::Revoke { id } => {
+                let key = keys.revoke(&ApiKeyId::parse(id.as_str())?).await?;
+                println!("revoked API key {} ({})", key.id.as_str(), key.name.as_str());
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    backends.close().await;
+    result
+}
+
+pub async fn bench(command: &BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Bus(args) => {
+            let options = BusBenchOptions {
+                dir: args.dir.clone(),
+                messages: args.messages,
+                batch: args.batch,
+                consumers: args.consumers,
+                body_bytes: args.body_bytes,
+            };
+            eprintln!(
+                "sending {} messages in batches of {}, then consuming them with {} consumers; then the same row work in raw SQL",
+                options.messages, options.batch, options.consumers
+            );
+            let report = run_bus_bench(options).await?;
+            println!("{report}");
+        }
+    }
+    Ok(())
+}
+
+fn format_age(age: Duration) -> String {
+    let secs = age.as_secs();
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
+        _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(format_age(Duration::from_secs(5)), "5s");
+        assert_eq!(format_age(Duration::from_secs(125)), "2m5s");
+        assert_eq!(format_age(Duration::from_secs(7_380)), "2h3m");
+    }
+}

@@ -1,0 +1,278 @@
+//! Configuration: the commented defaults compiled into the binary, overlaid by
+//! an optional TOML file, then by `HERALD_<SECTION>__<KEY>` variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use herald_store::mask_password;
+use serde::{Deserialize, Serialize};
+
+/// The documented defaults; `herald config show` prints the merged result.
+pub const DEFAULT_CONFIG: &str = include_str!("../config.default.toml");
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "herald.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub bus: BusConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    /// May carry a password: printed masked.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusBackend {
+    Embedded,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    pub backend: BusBackend,
+    pub max_body_bytes: usize,
+    pub max_receives: u32,
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// A configuration problem, phrased as one line naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads the defaults, then `file` (or `herald.toml` if present), then the
+    /// environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, Env::prefixed("HERALD_"))
+    }
+
+    /// The compiled-in defaults alone: no file, no environment.
+    pub fn defaults() -> Config {
+        Figment::from(Toml::string(DEFAULT_CONFIG))
+            .extract()
+            .expect("the compiled-in defaults are valid")
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_CONFIG));
+        match file {
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read config file {}: {e}", path.display()))
+                })?;
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                std::fs::read_to_string(DEFAULT_CONFIG_FILE).map_err(|e| {
+                    ConfigError(format!("cannot read config file {DEFAULT_CONFIG_FILE}: {e}"))
+                })?;
+                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
+            }
+            None => {}
+        }
+        // Only section-qualified variables (HERALD_SERVER__LISTEN) are
+        // settings; others such as HERALD_TEST_DATABASE_URL belong to tools.
+        let env = env.split("__").filter(|key| key.as_str().contains('.'));
+        let config: Config = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError(describe_figment_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.store.url.is_empty() {
+            let scheme = self.store.url.split(':').next().unwrap_or_default();
+            if !matches!(scheme, "sqlite" | "postgres" | "postgresql") {
+                return Err(ConfigError(format!(
+                    "store.url: {:?} is not a sqlite: or postgres:// URL",
+                    mask_password(&self.store.url)
+                )));
+            }
+        }
+        if self.bus.max_body_bytes == 0 {
+            return Err(ConfigError("bus.max_body_bytes: must be at least 1".into()));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError("server.max_body_bytes: must be at least 1".into()));
+        }
+        if self.server.request_timeout.is_zero() {
+            return Err(ConfigError("server.request_timeout: must be longer than 0s".into()));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError(format!("log.level: {:?} is not a valid filter: {e}", self.log.level)))?;
+        Ok(())
+    }
+
+    /// The database URL in force: `store.url`, or the embedded file.
+    pub fn store_url(&self) -> String {
+        if self.store.url.is_empty() {
+            format!("sqlite://{}", self.store.data_dir.join("herald.db").display())
+        } else {
+            self.store.url.clone()
+        }
+    }
+
+    /// The configuration as TOML with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.store.url = mask_password(&shown.store.url);
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+    }
+}
+
+fn describe_figment_error(error: figment::Error) -> String {
+    let key = error.path.join(".");
+    let origin = error
+        .metadata
+        .as_ref()
+        .map(|m| match &m.source {
+            Some(source) => format!(" (from {source})"),
+            None => format!(" (from {})", m.name),
+        })
+        .unwrap_or_default();
+    let kind = error.kind.to_string();
+    if key.is_empty() {
+        format!("{kind}{origin}")
+    } else {
+        format!("{key}: {kind}{origin}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads inside a figment Jail, so environment variables set here never
+    /// leak into tests running in parallel.
+    fn load_with(file_body: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        load_in_jail(|jail| {
+            for (k, v) in env {
+                jail.set_env(k, v);
+            }
+            file_body.map(|body| {
+                jail.create_file("custom.toml", body).unwrap();
+                PathBuf::from("custom.toml")
+            })
+        })
+    }
+
+    fn load_in_jail(
+        prepare: impl FnOnce(&mut figment::Jail) -> Option<PathBuf>,
+    ) -> Result<Config, ConfigError> {
+        let mut outcome = None;
+        figment::Jail::expect_with(|jail| {
+            let path = prepare(jail);
+            outcome = Some(Config::load_from(path.as_deref(), Env::prefixed("HERALD_")));
+            Ok(())
+        });
+        outcome.expect("the jail ran")
+    }
+
+    #[test]
+    fn defaults_run_all_in_one_on_localhost() {
+        let config = load_with(None, &[]).unwrap();
+        assert_eq!(config.server.listen.ip().to_string(), "127.0.0.1");
+        assert_eq!(config.store_url(), "sqlite://herald-data/herald.db");
+        assert_eq!(config.bus.backend, BusBackend::Embedded);
+        assert_eq!(config.bus.max_body_bytes, 256 * 1024);
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let config = load_with(
+            Some("[server]\nlisten = \"0.0.0.0:9000\"\n[bus]\nmax_receives = 9\n"),
+            &[("HERALD_BUS__MAX_RECEIVES", "3"), ("HERALD_TEST_DATABASE_URL", "x")],
+        )
+        .unwrap();
+        assert_eq!(config.server.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.bus.max_receives, 3);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = load_with(Some("[server]\nlistn = \"0.0.0.0:9000\"\n"), &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("server") && msg.contains("listn"), "{msg}");
+        let err = load_with(None, &[("HERALD_BUS__MAX_RECIEVES", "3")]).unwrap_err();
+        assert!(err.to_string().contains("max_recieves"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named_with_the_key() {
+        let err = load_with(Some("[server]\nlisten = \"nowhere\"\n"), &[]).unwrap_err();
+        assert!(err.to_string().contains("server.listen"), "{err}");
+        let err = load_with(None, &[("HERALD_STORE__URL", "mysql://db/herald")]).unwrap_err();
+        assert!(err.to_string().contains("store.url"), "{err}");
+        let err = load_with(None, &[("HERALD_LOG__LEVEL", "herald=loud")]).unwrap_err();
+        assert!(err.to_string().contains("log.level"), "{err}");
+        let err = load_with(None, &[("HERALD_SERVER__REQUEST_TIMEOUT", "soon")]).unwrap_err();
+        assert!(err.to_string().contains("server.request_timeout"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_file_is_an_error() {
+        let err = load_in_jail(|_| Some(PathBuf::from("/nonexistent/herald.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/herald.toml"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_masked_when_shown() {
+        assert_eq!(mask_password("postgres://herald:s3cret@db:5432/h"), "postgres://herald:***@db:5432/h");
+        assert_eq!(mask_password("postgres://db/h"), "postgres://db/h");
+        let mut config = load_with(None, &[]).unwrap();
+        config.store.url = "postgres://herald:s3cret@db/h".into();
+        let shown = config.to_masked_toml();
+        assert!(!shown.contains("s3cret") && shown.contains("***"), "{shown}");
+    }
+
+    #[test]
+    fn the_default_file_parses_on_its_own() {
+        load_in_jail(|jail| {
+            jail.create_file("defaults.toml", DEFAULT_CONFIG).unwrap();
+            Some(PathBuf::from("defaults.toml"))
+        })
+        .unwrap();
+    }
+}

@@ -1,0 +1,10 @@
+//! The `herald` binary's library: configuration, wiring of roles and the
+//! operator commands, so tests start the app exactly as `herald serve` does.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod roles;
+pub mod telemetry;

@@ -1,0 +1,64 @@
+use std::path::PathBuf;
+
+use herald::app::{self, Backends};
+use herald::config::Config;
+use herald::roles::Roles;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub backends: Backends,
+    shutdown: CancellationToken,
+    server: JoinHandle<()>,
+    _data: tempfile::TempDir,
+}
+
+/// Starts Herald on 127.0.0.1:0 with a fresh SQLite database.
+pub async fn spawn_app() -> TestApp {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::defaults();
+    config.store.data_dir = data.path().to_path_buf();
+    let backends = Backends::open(&config).await.expect("backends open");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn({
+        let backends = backends.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            app::run(&config, backends, &Roles::all(), listener, shutdown)
+                .await
+                .expect("app runs");
+        }
+    });
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        backends,
+        shutdown,
+        server,
+        _data: data,
+    }
+}
+
+impl TestApp {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.server.await.unwrap();
+    }
+}
+
+/// The `herald` binary built for these tests.
+pub fn herald_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_herald"))
+}

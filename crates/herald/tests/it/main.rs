@@ -1,0 +1,6 @@
+//! Integration tests: each starts the real app on a random port with a fresh
+//! database, exactly as `herald serve` wires it.
+
+mod cli;
+mod helpers;
+mod http;
