@@ -22,8 +22,8 @@ use bytes::Bytes;
 use herald_core::{QueueName, TopicName};
 
 use crate::{
-    Bus, BusError, Condition, Delivery, FilterPolicy, OutgoingMessage, QueueConfig,
-    ReceiveOptions, Subscription,
+    Bus, BusError, Condition, Delivery, FilterPolicy, OutgoingMessage, QueueConfig, ReceiveOptions,
+    Subscription,
 };
 
 /// Every clause, for the suite macro.
@@ -33,6 +33,7 @@ macro_rules! bus_conformance_suite {
         $crate::bus_conformance_suite!(@clauses $factory;
             send_receive_ack_round_trip,
             send_batch_is_all_or_nothing,
+            send_batch_keeps_each_message_options,
             body_too_large_stores_nothing,
             unknown_queue_is_not_found,
             receive_validates_max,
@@ -112,7 +113,9 @@ fn ms(n: u64) -> Duration {
 
 async fn new_queue(bus: &dyn Bus, names: &Names, name: &str, config: QueueConfig) -> QueueName {
     let queue = names.queue(name);
-    bus.ensure_queue(&queue, config).await.expect("ensure_queue");
+    bus.ensure_queue(&queue, config)
+        .await
+        .expect("ensure_queue");
     queue
 }
 
@@ -150,7 +153,10 @@ pub async fn send_receive_ack_round_trip(bus: Arc<dyn Bus>) {
     let names = Names::new();
     let q = new_queue(&*bus, &names, "q", QueueConfig::default()).await;
     let id = bus
-        .send(&q, OutgoingMessage::new("hello").attribute("kind", "greeting"))
+        .send(
+            &q,
+            OutgoingMessage::new("hello").attribute("kind", "greeting"),
+        )
         .await
         .unwrap();
     let got = bus.receive(&q, now_opts(10)).await.unwrap();
@@ -158,7 +164,10 @@ pub async fn send_receive_ack_round_trip(bus: Arc<dyn Bus>) {
     let d = &got[0];
     assert_eq!(d.id, id);
     assert_eq!(d.body, Bytes::from("hello"));
-    assert_eq!(d.attributes.get("kind").map(String::as_str), Some("greeting"));
+    assert_eq!(
+        d.attributes.get("kind").map(String::as_str),
+        Some("greeting")
+    );
     assert_eq!(d.group, None);
     assert_eq!(d.receive_count, 1);
     assert!(d.first_received_at >= d.sent_at);
@@ -176,7 +185,9 @@ pub async fn send_batch_is_all_or_nothing(bus: Arc<dyn Bus>) {
         ..QueueConfig::default()
     };
     let q = new_queue(&*bus, &names, "q", config).await;
-    let batch: Vec<_> = (0..5).map(|i| OutgoingMessage::new(format!("m{i}"))).collect();
+    let batch: Vec<_> = (0..5)
+        .map(|i| OutgoingMessage::new(format!("m{i}")))
+        .collect();
     let ids = bus.send_batch(&q, batch).await.unwrap();
     assert_eq!(ids.len(), 5);
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 5, "distinct ids");
@@ -189,8 +200,59 @@ pub async fn send_batch_is_all_or_nothing(bus: Arc<dyn Bus>) {
         OutgoingMessage::new("fine too"),
     ];
     let err = bus.send_batch(&q, bad).await.unwrap_err();
-    assert!(matches!(err, BusError::BodyTooLarge { size: 17, limit: 16, .. }), "{err:?}");
-    assert_eq!(bus.stats(&q).await.unwrap().visible, 5, "nothing of the failed batch stored");
+    assert!(
+        matches!(
+            err,
+            BusError::BodyTooLarge {
+                size: 17,
+                limit: 16,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        bus.stats(&q).await.unwrap().visible,
+        5,
+        "nothing of the failed batch stored"
+    );
+}
+
+pub async fn send_batch_keeps_each_message_options(bus: Arc<dyn Bus>) {
+    let names = Names::new();
+    let q = new_queue(&*bus, &names, "q", QueueConfig::default()).await;
+    bus.send_batch(
+        &q,
+        vec![
+            OutgoingMessage::new("plain"),
+            OutgoingMessage::new("tagged")
+                .attribute("k", "v,1")
+                .attribute("z", ""),
+            OutgoingMessage::new("grouped").group("g,é"),
+            OutgoingMessage::new("later").delay(LONG),
+            OutgoingMessage::new(vec![0u8, 255, 0, 10]).attribute("binary", "yes"),
+        ],
+    )
+    .await
+    .unwrap();
+    let got = bus.receive(&q, now_opts(10)).await.unwrap();
+    let by_body: HashMap<Bytes, &Delivery> = got.iter().map(|d| (d.body.clone(), d)).collect();
+    assert_eq!(got.len(), 4, "the delayed one waits: {:?}", bodies(&got));
+    assert!(by_body[&Bytes::from("plain")].attributes.is_empty());
+    let tagged = &by_body[&Bytes::from("tagged")].attributes;
+    assert_eq!(tagged.get("k").map(String::as_str), Some("v,1"));
+    assert_eq!(tagged.get("z").map(String::as_str), Some(""));
+    assert_eq!(
+        by_body[&Bytes::from("grouped")].group.as_deref(),
+        Some("g,é")
+    );
+    assert_eq!(by_body[&Bytes::from("plain")].group, None);
+    let binary = by_body[&Bytes::from(vec![0u8, 255, 0, 10])];
+    assert_eq!(
+        binary.attributes.get("binary").map(String::as_str),
+        Some("yes")
+    );
+    assert_eq!(bus.stats(&q).await.unwrap().delayed, 1);
 }
 
 pub async fn body_too_large_stores_nothing(bus: Arc<dyn Bus>) {
@@ -200,7 +262,10 @@ pub async fn body_too_large_stores_nothing(bus: Arc<dyn Bus>) {
         ..QueueConfig::default()
     };
     let q = new_queue(&*bus, &names, "q", config).await;
-    let err = bus.send(&q, OutgoingMessage::new(vec![0u8; 101])).await.unwrap_err();
+    let err = bus
+        .send(&q, OutgoingMessage::new(vec![0u8; 101]))
+        .await
+        .unwrap_err();
     match &err {
         BusError::BodyTooLarge { queue, size, limit } => {
             assert_eq!((queue, *size, *limit), (&q, 101, 100));
@@ -209,8 +274,14 @@ pub async fn body_too_large_stores_nothing(bus: Arc<dyn Bus>) {
     }
     assert!(err.to_string().contains("101"), "{err}");
     assert!(bus.peek(&q, 10).await.unwrap().is_empty());
-    bus.send(&q, OutgoingMessage::new(vec![0u8; 100])).await.unwrap();
-    assert_eq!(bus.stats(&q).await.unwrap().visible, 1, "the limit itself is allowed");
+    bus.send(&q, OutgoingMessage::new(vec![0u8; 100]))
+        .await
+        .unwrap();
+    assert_eq!(
+        bus.stats(&q).await.unwrap().visible,
+        1,
+        "the limit itself is allowed"
+    );
 }
 
 pub async fn unknown_queue_is_not_found(bus: Arc<dyn Bus>) {
@@ -218,11 +289,14 @@ pub async fn unknown_queue_is_not_found(bus: Arc<dyn Bus>) {
     let real = new_queue(&*bus, &names, "real", QueueConfig::default()).await;
     let ghost = names.queue("ghost");
     bus.send(&real, OutgoingMessage::new("x")).await.unwrap();
-    let receipt = bus.receive(&real, now_opts(1)).await.unwrap()[0].receipt.clone();
+    let receipt = bus.receive(&real, now_opts(1)).await.unwrap()[0]
+        .receipt
+        .clone();
 
     assert_queue_not_found(bus.send(&ghost, OutgoingMessage::new("x")).await, "send");
     assert_queue_not_found(
-        bus.send_batch(&ghost, vec![OutgoingMessage::new("x")]).await,
+        bus.send_batch(&ghost, vec![OutgoingMessage::new("x")])
+            .await,
         "send_batch",
     );
     assert_queue_not_found(bus.receive(&ghost, now_opts(1)).await, "receive");
@@ -246,7 +320,9 @@ pub async fn unknown_queue_is_not_found(bus: Arc<dyn Bus>) {
         .await,
         "subscribe",
     );
-    bus.ack(&real, &receipt).await.expect("the real receipt still works");
+    bus.ack(&real, &receipt)
+        .await
+        .expect("the real receipt still works");
 }
 
 pub async fn receive_validates_max(bus: Arc<dyn Bus>) {
@@ -266,8 +342,15 @@ pub async fn concurrent_consumers_get_each_message_once(bus: Arc<dyn Bus>) {
     const CONSUMERS: usize = 4;
     let names = Names::new();
     let q = new_queue(&*bus, &names, "q", QueueConfig::default()).await;
-    let batch: Vec<_> = (0..N).map(|i| OutgoingMessage::new(format!("m{i}"))).collect();
-    let sent: HashSet<_> = bus.send_batch(&q, batch).await.unwrap().into_iter().collect();
+    let batch: Vec<_> = (0..N)
+        .map(|i| OutgoingMessage::new(format!("m{i}")))
+        .collect();
+    let sent: HashSet<_> = bus
+        .send_batch(&q, batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
     assert_eq!(sent.len(), N);
 
     let held = Arc::new(Mutex::new(HashSet::new()));
@@ -315,18 +398,34 @@ pub async fn unacked_message_is_redelivered_after_visibility(bus: Arc<dyn Bus>) 
     let q = new_queue(&*bus, &names, "q", QueueConfig::default()).await;
     let id = bus.send(&q, OutgoingMessage::new("work")).await.unwrap();
     // The first consumer "dies": it never acks.
-    let first = bus.receive(&q, opts(1, Duration::ZERO, ms(800))).await.unwrap();
+    let first = bus
+        .receive(&q, opts(1, Duration::ZERO, ms(800)))
+        .await
+        .unwrap();
     assert_eq!(first.len(), 1);
-    assert!(bus.receive(&q, now_opts(1)).await.unwrap().is_empty(), "invisible while held");
-    let again = bus.receive(&q, opts(1, Duration::from_secs(10), LONG)).await.unwrap();
+    assert!(
+        bus.receive(&q, now_opts(1)).await.unwrap().is_empty(),
+        "invisible while held"
+    );
+    let again = bus
+        .receive(&q, opts(1, Duration::from_secs(10), LONG))
+        .await
+        .unwrap();
     assert_eq!(again.len(), 1, "redelivered once the visibility ran out");
     let (first, again) = (&first[0], &again[0]);
     assert_eq!(again.id, id);
     assert_eq!(again.receive_count, 2);
     assert_eq!(again.first_received_at, first.first_received_at);
     assert_ne!(again.receipt, first.receipt);
-    assert_stale(bus.ack(&q, &first.receipt).await, "ack with the first receipt");
-    assert_eq!(bus.stats(&q).await.unwrap().in_flight, 1, "the new copy is untouched");
+    assert_stale(
+        bus.ack(&q, &first.receipt).await,
+        "ack with the first receipt",
+    );
+    assert_eq!(
+        bus.stats(&q).await.unwrap().in_flight,
+        1,
+        "the new copy is untouched"
+    );
     bus.ack(&q, &again.receipt).await.unwrap();
     assert!(bus.peek(&q, 10).await.unwrap().is_empty());
 }
@@ -340,7 +439,12 @@ pub async fn dead_letter_after_exactly_max_receives(bus: Arc<dyn Bus>) {
     let q = new_queue(&*bus, &names, "q", config).await;
     let dlq = q.default_dead_letter().unwrap();
     let id = bus
-        .send(&q, OutgoingMessage::new("poison").attribute("a", "1").group("g"))
+        .send(
+            &q,
+            OutgoingMessage::new("poison")
+                .attribute("a", "1")
+                .group("g"),
+        )
         .await
         .unwrap();
     let mut counts = Vec::new();
@@ -349,7 +453,10 @@ pub async fn dead_letter_after_exactly_max_receives(bus: Arc<dyn Bus>) {
         let Some(d) = got.first() else { break };
         counts.push(d.receive_count);
         bus.nack(&q, &d.receipt, Duration::ZERO).await.unwrap();
-        assert!(counts.len() <= 3, "delivered more than max_receives: {counts:?}");
+        assert!(
+            counts.len() <= 3,
+            "delivered more than max_receives: {counts:?}"
+        );
     }
     assert_eq!(counts, [1, 2, 3]);
 
@@ -365,7 +472,10 @@ pub async fn dead_letter_after_exactly_max_receives(bus: Arc<dyn Bus>) {
     assert!(info.reason.contains("max_receives"), "{}", info.reason);
     assert!(info.moved_at >= m.sent_at);
     let stats = bus.stats(&q).await.unwrap();
-    assert_eq!((stats.visible, stats.in_flight, stats.dead_lettered), (0, 0, 1));
+    assert_eq!(
+        (stats.visible, stats.in_flight, stats.dead_lettered),
+        (0, 0, 1)
+    );
 }
 
 pub async fn zero_max_receives_never_dead_letters(bus: Arc<dyn Bus>) {
@@ -375,7 +485,9 @@ pub async fn zero_max_receives_never_dead_letters(bus: Arc<dyn Bus>) {
         ..QueueConfig::default()
     };
     let q = new_queue(&*bus, &names, "q", config).await;
-    bus.send(&q, OutgoingMessage::new("again and again")).await.unwrap();
+    bus.send(&q, OutgoingMessage::new("again and again"))
+        .await
+        .unwrap();
     for expected in 1..=8 {
         let got = bus.receive(&q, now_opts(1)).await.unwrap();
         assert_eq!(got.len(), 1, "delivery {expected}");
@@ -392,31 +504,57 @@ pub async fn delay_is_honoured(bus: Arc<dyn Bus>) {
     bus.send(&q, OutgoingMessage::new("later").delay(ms(1000)))
         .await
         .unwrap();
-    bus.send(&q, OutgoingMessage::new("much later").delay(Duration::from_secs(3600)))
-        .await
-        .unwrap();
-    assert!(bus.receive(&q, now_opts(10)).await.unwrap().is_empty(), "not before its delay");
+    bus.send(
+        &q,
+        OutgoingMessage::new("much later").delay(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    assert!(
+        bus.receive(&q, now_opts(10)).await.unwrap().is_empty(),
+        "not before its delay"
+    );
     let stats = bus.stats(&q).await.unwrap();
     assert_eq!((stats.visible, stats.delayed), (0, 2));
-    let got = bus.receive(&q, opts(10, Duration::from_secs(10), LONG)).await.unwrap();
-    assert_eq!(bodies(&got), ["later"], "visible after its delay, the long one still waits");
-    assert!(sent.elapsed() >= ms(900), "delivered after {:?}", sent.elapsed());
+    let got = bus
+        .receive(&q, opts(10, Duration::from_secs(10), LONG))
+        .await
+        .unwrap();
+    assert_eq!(
+        bodies(&got),
+        ["later"],
+        "visible after its delay, the long one still waits"
+    );
+    assert!(
+        sent.elapsed() >= ms(900),
+        "delivered after {:?}",
+        sent.elapsed()
+    );
 }
 
 pub async fn nack_delay_is_honoured(bus: Arc<dyn Bus>) {
     let names = Names::new();
     let q = new_queue(&*bus, &names, "q", QueueConfig::default()).await;
-    bus.send(&q, OutgoingMessage::new("retry me")).await.unwrap();
+    bus.send(&q, OutgoingMessage::new("retry me"))
+        .await
+        .unwrap();
     let d = bus.receive(&q, now_opts(1)).await.unwrap().remove(0);
     let nacked = Instant::now();
     bus.nack(&q, &d.receipt, ms(1000)).await.unwrap();
     assert!(bus.receive(&q, now_opts(1)).await.unwrap().is_empty());
     let stats = bus.stats(&q).await.unwrap();
     assert_eq!((stats.visible, stats.in_flight, stats.delayed), (0, 0, 1));
-    let again = bus.receive(&q, opts(1, Duration::from_secs(10), LONG)).await.unwrap();
+    let again = bus
+        .receive(&q, opts(1, Duration::from_secs(10), LONG))
+        .await
+        .unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].receive_count, 2);
-    assert!(nacked.elapsed() >= ms(900), "redelivered after {:?}", nacked.elapsed());
+    assert!(
+        nacked.elapsed() >= ms(900),
+        "redelivered after {:?}",
+        nacked.elapsed()
+    );
 }
 
 pub async fn nack_without_delay_redelivers_at_once(bus: Arc<dyn Bus>) {
@@ -433,11 +571,20 @@ pub async fn nack_without_delay_redelivers_at_once(bus: Arc<dyn Bus>) {
 pub async fn extend_keeps_message_invisible(bus: Arc<dyn Bus>) {
     let names = Names::new();
     let q = new_queue(&*bus, &names, "q", QueueConfig::default()).await;
-    bus.send(&q, OutgoingMessage::new("slow work")).await.unwrap();
-    let d = bus.receive(&q, opts(1, Duration::ZERO, ms(300))).await.unwrap().remove(0);
+    bus.send(&q, OutgoingMessage::new("slow work"))
+        .await
+        .unwrap();
+    let d = bus
+        .receive(&q, opts(1, Duration::ZERO, ms(300)))
+        .await
+        .unwrap()
+        .remove(0);
     bus.extend(&q, &d.receipt, LONG).await.unwrap();
     tokio::time::sleep(ms(700)).await;
-    assert!(bus.receive(&q, now_opts(1)).await.unwrap().is_empty(), "still held");
+    assert!(
+        bus.receive(&q, now_opts(1)).await.unwrap().is_empty(),
+        "still held"
+    );
     assert_eq!(bus.stats(&q).await.unwrap().in_flight, 1);
     bus.ack(&q, &d.receipt).await.unwrap();
 }
@@ -468,17 +615,29 @@ pub async fn group_delivers_one_at_a_time_in_order(bus: Arc<dyn Bus>) {
     let next = bus.receive(&q, now_opts(10)).await.unwrap();
     assert_eq!(bodies(&next), ["a2"]);
     // A nacked head stays the head: a3 must not overtake a2.
-    bus.nack(&q, &next[0].receipt, Duration::ZERO).await.unwrap();
+    bus.nack(&q, &next[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
     let retry = bus.receive(&q, now_opts(10)).await.unwrap();
     assert_eq!(bodies(&retry), ["a2"]);
     bus.ack(&q, &retry[0].receipt).await.unwrap();
-    assert_eq!(bodies(&bus.receive(&q, now_opts(10)).await.unwrap()), ["a3"]);
+    assert_eq!(
+        bodies(&bus.receive(&q, now_opts(10)).await.unwrap()),
+        ["a3"]
+    );
 
     // A delayed head holds back the rest of its group.
-    bus.send(&q, OutgoingMessage::new("c1").group("c").delay(Duration::from_secs(3600)))
+    bus.send(
+        &q,
+        OutgoingMessage::new("c1")
+            .group("c")
+            .delay(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    bus.send(&q, OutgoingMessage::new("c2").group("c"))
         .await
         .unwrap();
-    bus.send(&q, OutgoingMessage::new("c2").group("c")).await.unwrap();
     assert!(bus.receive(&q, now_opts(10)).await.unwrap().is_empty());
 }
 
@@ -521,7 +680,10 @@ pub async fn group_order_holds_under_concurrent_consumers(bus: Arc<dyn Bus>) {
                 for d in &got {
                     // Released before the ack: the next of the group cannot be
                     // delivered until the ack lands.
-                    in_flight.lock().unwrap().remove(d.group.as_deref().unwrap());
+                    in_flight
+                        .lock()
+                        .unwrap()
+                        .remove(d.group.as_deref().unwrap());
                     bus.ack(&q, &d.receipt).await.unwrap();
                     done.fetch_add(1, Ordering::SeqCst);
                 }
@@ -534,7 +696,11 @@ pub async fn group_order_holds_under_concurrent_consumers(bus: Arc<dyn Bus>) {
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), GROUPS);
     for (group, order) in seen.iter() {
-        assert_eq!(*order, (0..PER_GROUP).collect::<Vec<_>>(), "order of {group}");
+        assert_eq!(
+            *order,
+            (0..PER_GROUP).collect::<Vec<_>>(),
+            "order of {group}"
+        );
     }
 }
 
@@ -550,7 +716,11 @@ pub async fn dedup_key_returns_first_id(bus: Arc<dyn Bus>) {
         .await
         .unwrap();
     assert_eq!(first, second);
-    assert_eq!(peek_bodies(&*bus, &q).await, ["one"], "the second send stored nothing");
+    assert_eq!(
+        peek_bodies(&*bus, &q).await,
+        ["one"],
+        "the second send stored nothing"
+    );
 
     let d = bus.receive(&q, now_opts(10)).await.unwrap().remove(0);
     bus.ack(&q, &d.receipt).await.unwrap();
@@ -590,9 +760,15 @@ pub async fn dedup_window_expires(bus: Arc<dyn Bus>) {
         ..QueueConfig::default()
     };
     let q = new_queue(&*bus, &names, "q", config).await;
-    let first = bus.send(&q, OutgoingMessage::new("a").dedup_key("k")).await.unwrap();
+    let first = bus
+        .send(&q, OutgoingMessage::new("a").dedup_key("k"))
+        .await
+        .unwrap();
     tokio::time::sleep(ms(700)).await;
-    let later = bus.send(&q, OutgoingMessage::new("b").dedup_key("k")).await.unwrap();
+    let later = bus
+        .send(&q, OutgoingMessage::new("b").dedup_key("k"))
+        .await
+        .unwrap();
     assert_ne!(first, later, "the window has passed");
     assert_eq!(bus.stats(&q).await.unwrap().visible, 2);
 }
@@ -602,19 +778,41 @@ pub async fn stale_receipts_are_refused(bus: Arc<dyn Bus>) {
     let q = new_queue(&*bus, &names, "q", QueueConfig::default()).await;
 
     // After a redelivery, the old receipt acts on nothing.
-    bus.send(&q, OutgoingMessage::new("redelivered")).await.unwrap();
-    let old = bus.receive(&q, opts(1, Duration::ZERO, ms(200))).await.unwrap().remove(0);
-    let new = bus.receive(&q, opts(1, Duration::from_secs(10), LONG)).await.unwrap().remove(0);
+    bus.send(&q, OutgoingMessage::new("redelivered"))
+        .await
+        .unwrap();
+    let old = bus
+        .receive(&q, opts(1, Duration::ZERO, ms(200)))
+        .await
+        .unwrap()
+        .remove(0);
+    let new = bus
+        .receive(&q, opts(1, Duration::from_secs(10), LONG))
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(new.id, old.id);
     assert_stale(bus.ack(&q, &old.receipt).await, "ack after redelivery");
-    assert_stale(bus.nack(&q, &old.receipt, Duration::ZERO).await, "nack after redelivery");
-    assert_stale(bus.extend(&q, &old.receipt, LONG).await, "extend after redelivery");
-    assert!(bus.receive(&q, now_opts(1)).await.unwrap().is_empty(), "new copy still held");
+    assert_stale(
+        bus.nack(&q, &old.receipt, Duration::ZERO).await,
+        "nack after redelivery",
+    );
+    assert_stale(
+        bus.extend(&q, &old.receipt, LONG).await,
+        "extend after redelivery",
+    );
+    assert!(
+        bus.receive(&q, now_opts(1)).await.unwrap().is_empty(),
+        "new copy still held"
+    );
     bus.ack(&q, &new.receipt).await.unwrap();
 
     // After an ack, every use of the receipt is refused.
     assert_stale(bus.ack(&q, &new.receipt).await, "second ack");
-    assert_stale(bus.nack(&q, &new.receipt, Duration::ZERO).await, "nack after ack");
+    assert_stale(
+        bus.nack(&q, &new.receipt, Duration::ZERO).await,
+        "nack after ack",
+    );
     assert_stale(bus.extend(&q, &new.receipt, LONG).await, "extend after ack");
 
     // After a nack, the receipt is spent; the message stays queued.
@@ -628,7 +826,11 @@ pub async fn stale_receipts_are_refused(bus: Arc<dyn Bus>) {
 
     // A receipt whose visibility lapsed, with no redelivery since, still acks.
     bus.send(&q, OutgoingMessage::new("lapsed")).await.unwrap();
-    let d = bus.receive(&q, opts(1, Duration::ZERO, ms(100))).await.unwrap().remove(0);
+    let d = bus
+        .receive(&q, opts(1, Duration::ZERO, ms(100)))
+        .await
+        .unwrap()
+        .remove(0);
     tokio::time::sleep(ms(300)).await;
     bus.ack(&q, &d.receipt).await.unwrap();
     assert!(bus.peek(&q, 10).await.unwrap().is_empty());
@@ -638,7 +840,10 @@ pub async fn stale_receipts_are_refused(bus: Arc<dyn Bus>) {
     let forged = crate::Receipt("forged-receipt".into());
     let refused = bus.ack(&q, &forged).await;
     assert!(
-        matches!(refused, Err(BusError::StaleReceipt(_) | BusError::InvalidArgument { .. })),
+        matches!(
+            refused,
+            Err(BusError::StaleReceipt(_) | BusError::InvalidArgument { .. })
+        ),
         "{refused:?}"
     );
     assert_eq!(bus.stats(&q).await.unwrap().visible, 1);
@@ -647,7 +852,9 @@ pub async fn stale_receipts_are_refused(bus: Arc<dyn Bus>) {
 pub async fn ack_batch_reports_each_receipt(bus: Arc<dyn Bus>) {
     let names = Names::new();
     let q = new_queue(&*bus, &names, "q", QueueConfig::default()).await;
-    let batch: Vec<_> = (0..4).map(|i| OutgoingMessage::new(format!("m{i}"))).collect();
+    let batch: Vec<_> = (0..4)
+        .map(|i| OutgoingMessage::new(format!("m{i}")))
+        .collect();
     bus.send_batch(&q, batch).await.unwrap();
     let got = bus.receive(&q, now_opts(10)).await.unwrap();
     assert_eq!(got.len(), 4);
@@ -662,11 +869,23 @@ pub async fn ack_batch_reports_each_receipt(bus: Arc<dyn Bus>) {
     let outcomes = bus.ack_batch(&q, &receipts).await.unwrap();
     assert_eq!(outcomes.len(), 5);
     assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
-    assert!(matches!(outcomes[1], Err(BusError::StaleReceipt(_))), "{:?}", outcomes[1]);
+    assert!(
+        matches!(outcomes[1], Err(BusError::StaleReceipt(_))),
+        "{:?}",
+        outcomes[1]
+    );
     assert!(outcomes[2].is_err(), "forged");
     assert!(outcomes[3].is_ok(), "{:?}", outcomes[3]);
-    assert!(matches!(outcomes[4], Err(BusError::StaleReceipt(_))), "acked twice: {:?}", outcomes[4]);
-    assert_eq!(peek_bodies(&*bus, &q).await, ["m3"], "only the unacked message is left");
+    assert!(
+        matches!(outcomes[4], Err(BusError::StaleReceipt(_))),
+        "acked twice: {:?}",
+        outcomes[4]
+    );
+    assert_eq!(
+        peek_bodies(&*bus, &q).await,
+        ["m3"],
+        "only the unacked message is left"
+    );
     assert!(bus.ack_batch(&q, &[]).await.unwrap().is_empty());
 }
 
@@ -681,11 +900,17 @@ pub async fn long_poll_wakes_on_send(bus: Arc<dyn Bus>) {
         })
     };
     let started = Instant::now();
-    let got = bus.receive(&q, opts(1, Duration::from_secs(10), LONG)).await.unwrap();
+    let got = bus
+        .receive(&q, opts(1, Duration::from_secs(10), LONG))
+        .await
+        .unwrap();
     let waited = started.elapsed();
     sender.await.unwrap();
     assert_eq!(bodies(&got), ["ping"]);
-    assert!(waited < Duration::from_secs(5), "woke only after {waited:?}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "woke only after {waited:?}"
+    );
 }
 
 pub async fn long_poll_returns_empty_after_wait(bus: Arc<dyn Bus>) {
@@ -695,18 +920,28 @@ pub async fn long_poll_returns_empty_after_wait(bus: Arc<dyn Bus>) {
     let got = bus.receive(&q, opts(1, ms(400), LONG)).await.unwrap();
     let waited = started.elapsed();
     assert!(got.is_empty());
-    assert!(waited >= ms(350), "returned after {waited:?}, before the wait ran out");
+    assert!(
+        waited >= ms(350),
+        "returned after {waited:?}, before the wait ran out"
+    );
     assert!(waited < Duration::from_secs(5), "overslept: {waited:?}");
 }
 
 pub async fn peek_does_not_receive(bus: Arc<dyn Bus>) {
     let names = Names::new();
     let q = new_queue(&*bus, &names, "q", QueueConfig::default()).await;
-    let batch: Vec<_> = (0..3).map(|i| OutgoingMessage::new(format!("m{i}"))).collect();
+    let batch: Vec<_> = (0..3)
+        .map(|i| OutgoingMessage::new(format!("m{i}")))
+        .collect();
     let ids = bus.send_batch(&q, batch).await.unwrap();
     let peeked = bus.peek(&q, 2).await.unwrap();
-    assert_eq!(peeked.iter().map(|m| m.id.clone()).collect::<Vec<_>>(), ids[..2]);
-    assert!(peeked.iter().all(|m| m.receive_count == 0 && m.dead_letter.is_none()));
+    assert_eq!(
+        peeked.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        ids[..2]
+    );
+    assert!(peeked
+        .iter()
+        .all(|m| m.receive_count == 0 && m.dead_letter.is_none()));
     let got = bus.receive(&q, now_opts(10)).await.unwrap();
     assert_eq!(got.len(), 3, "peeked messages are still visible");
     assert!(got.iter().all(|d| d.receive_count == 1));
@@ -718,16 +953,26 @@ pub async fn peek_does_not_receive(bus: Arc<dyn Bus>) {
 pub async fn purge_empties_queue(bus: Arc<dyn Bus>) {
     let names = Names::new();
     let q = new_queue(&*bus, &names, "q", QueueConfig::default()).await;
-    let batch: Vec<_> = (0..5).map(|i| OutgoingMessage::new(format!("m{i}"))).collect();
+    let batch: Vec<_> = (0..5)
+        .map(|i| OutgoingMessage::new(format!("m{i}")))
+        .collect();
     bus.send_batch(&q, batch).await.unwrap();
     let held = bus.receive(&q, now_opts(1)).await.unwrap().remove(0);
-    assert_eq!(bus.purge(&q).await.unwrap(), 5, "in-flight messages are purged too");
+    assert_eq!(
+        bus.purge(&q).await.unwrap(),
+        5,
+        "in-flight messages are purged too"
+    );
     let stats = bus.stats(&q).await.unwrap();
     assert_eq!((stats.visible, stats.in_flight, stats.delayed), (0, 0, 0));
     assert_stale(bus.ack(&q, &held.receipt).await, "ack after purge");
     assert_eq!(bus.purge(&q).await.unwrap(), 0);
     bus.send(&q, OutgoingMessage::new("after")).await.unwrap();
-    assert_eq!(peek_bodies(&*bus, &q).await, ["after"], "the queue still works");
+    assert_eq!(
+        peek_bodies(&*bus, &q).await,
+        ["after"],
+        "the queue still works"
+    );
 }
 
 pub async fn stats_count_each_state(bus: Arc<dyn Bus>) {
@@ -735,21 +980,37 @@ pub async fn stats_count_each_state(bus: Arc<dyn Bus>) {
     let q = new_queue(&*bus, &names, "q", QueueConfig::default()).await;
     let fresh = bus.stats(&q).await.unwrap();
     assert_eq!(
-        (fresh.visible, fresh.in_flight, fresh.delayed, fresh.dead_lettered, fresh.oldest_age),
+        (
+            fresh.visible,
+            fresh.in_flight,
+            fresh.delayed,
+            fresh.dead_lettered,
+            fresh.oldest_age
+        ),
         (0, 0, 0, 0, None)
     );
-    let batch: Vec<_> = (0..4).map(|i| OutgoingMessage::new(format!("m{i}"))).collect();
+    let batch: Vec<_> = (0..4)
+        .map(|i| OutgoingMessage::new(format!("m{i}")))
+        .collect();
     bus.send_batch(&q, batch).await.unwrap();
-    bus.send(&q, OutgoingMessage::new("later").delay(LONG)).await.unwrap();
-    let got = bus.receive(&q, now_opts(2)).await.unwrap();
-    bus.nack(&q, &got[1].receipt, LONG).await.unwrap();
-    bus.send(&q.default_dead_letter().unwrap(), OutgoingMessage::new("dead"))
+    bus.send(&q, OutgoingMessage::new("later").delay(LONG))
         .await
         .unwrap();
+    let got = bus.receive(&q, now_opts(2)).await.unwrap();
+    bus.nack(&q, &got[1].receipt, LONG).await.unwrap();
+    bus.send(
+        &q.default_dead_letter().unwrap(),
+        OutgoingMessage::new("dead"),
+    )
+    .await
+    .unwrap();
     let stats = bus.stats(&q).await.unwrap();
     assert_eq!(stats.visible, 2, "{stats:?}");
     assert_eq!(stats.in_flight, 1, "{stats:?}");
-    assert_eq!(stats.delayed, 2, "a delayed send and a delayed nack: {stats:?}");
+    assert_eq!(
+        stats.delayed, 2,
+        "a delayed send and a delayed nack: {stats:?}"
+    );
     assert_eq!(stats.dead_lettered, 1, "{stats:?}");
     assert!(stats.oldest_age.is_some(), "{stats:?}");
 }
@@ -762,22 +1023,32 @@ pub async fn redrive_moves_in_order_with_limit(bus: Arc<dyn Bus>) {
     };
     let q = new_queue(&*bus, &names, "q", config).await;
     let dlq = q.default_dead_letter().unwrap();
-    let batch: Vec<_> = (0..5).map(|i| OutgoingMessage::new(format!("m{i}"))).collect();
+    let batch: Vec<_> = (0..5)
+        .map(|i| OutgoingMessage::new(format!("m{i}")))
+        .collect();
     let ids = bus.send_batch(&q, batch).await.unwrap();
     let got = bus.receive(&q, now_opts(10)).await.unwrap();
     assert_eq!(got.len(), 5);
     for d in &got {
         bus.nack(&q, &d.receipt, Duration::ZERO).await.unwrap();
     }
-    assert!(bus.receive(&q, now_opts(10)).await.unwrap().is_empty(), "all dead-lettered");
-    assert_eq!(peek_bodies(&*bus, &dlq).await, ["m0", "m1", "m2", "m3", "m4"]);
+    assert!(
+        bus.receive(&q, now_opts(10)).await.unwrap().is_empty(),
+        "all dead-lettered"
+    );
+    assert_eq!(
+        peek_bodies(&*bus, &dlq).await,
+        ["m0", "m1", "m2", "m3", "m4"]
+    );
 
     assert_eq!(bus.redrive(&dlq, &q, Some(2)).await.unwrap(), 2);
     assert_eq!(peek_bodies(&*bus, &q).await, ["m0", "m1"]);
     assert_eq!(peek_bodies(&*bus, &dlq).await, ["m2", "m3", "m4"]);
     let back = bus.peek(&q, 10).await.unwrap();
     assert_eq!(back[0].id, ids[0], "ids survive the round trip");
-    assert!(back.iter().all(|m| m.receive_count == 0 && m.dead_letter.is_none()));
+    assert!(back
+        .iter()
+        .all(|m| m.receive_count == 0 && m.dead_letter.is_none()));
 
     bus.send(&q, OutgoingMessage::new("newer")).await.unwrap();
     assert_eq!(bus.redrive(&dlq, &q, None).await.unwrap(), 3);
@@ -797,11 +1068,17 @@ pub async fn queues_are_created_updated_and_deleted(bus: Arc<dyn Bus>) {
     let q = new_queue(&*bus, &names, "q", QueueConfig::default()).await;
     let dlq = q.default_dead_letter().unwrap();
     let listed = |queues: &[crate::QueueInfo], name: &QueueName| {
-        queues.iter().find(|info| &info.name == name).map(|info| info.config.clone())
+        queues
+            .iter()
+            .find(|info| &info.name == name)
+            .map(|info| info.config.clone())
     };
     let queues = bus.list_queues().await.unwrap();
     assert_eq!(listed(&queues, &q), Some(QueueConfig::default()));
-    assert!(listed(&queues, &dlq).is_some(), "the dead-letter queue is created too");
+    assert!(
+        listed(&queues, &dlq).is_some(),
+        "the dead-letter queue is created too"
+    );
 
     let updated = QueueConfig {
         max_receives: 9,
@@ -814,7 +1091,10 @@ pub async fn queues_are_created_updated_and_deleted(bus: Arc<dyn Bus>) {
         .send(&q, OutgoingMessage::new(vec![0u8; 1235]))
         .await
         .unwrap_err();
-    assert!(matches!(err, BusError::BodyTooLarge { limit: 1234, .. }), "{err:?}");
+    assert!(
+        matches!(err, BusError::BodyTooLarge { limit: 1234, .. }),
+        "{err:?}"
+    );
 
     let plain = new_queue(
         &*bus,
@@ -834,7 +1114,10 @@ pub async fn queues_are_created_updated_and_deleted(bus: Arc<dyn Bus>) {
     assert!(listed(&bus.list_queues().await.unwrap(), &q).is_none());
     assert_queue_not_found(bus.stats(&q).await, "stats after delete");
     bus.ensure_queue(&q, QueueConfig::default()).await.unwrap();
-    assert!(bus.peek(&q, 10).await.unwrap().is_empty(), "messages went with the queue");
+    assert!(
+        bus.peek(&q, 10).await.unwrap().is_empty(),
+        "messages went with the queue"
+    );
 }
 
 pub async fn publish_filters_by_each_condition(bus: Arc<dyn Bus>) {
@@ -842,11 +1125,29 @@ pub async fn publish_filters_by_each_condition(bus: Arc<dyn Bus>) {
     let topic = names.topic("events");
     bus.ensure_topic(&topic).await.unwrap();
     let policies = [
-        ("equals", FilterPolicy::any().with("type", Condition::Equals(vec!["bounce".into(), "dropped".into()]))),
-        ("prefix", FilterPolicy::any().with("provider", Condition::Prefix("send".into()))),
-        ("but", FilterPolicy::any().with("type", Condition::AnythingBut(vec!["open".into()]))),
-        ("exists", FilterPolicy::any().with("alert_id", Condition::Exists(true))),
-        ("absent", FilterPolicy::any().with("alert_id", Condition::Exists(false))),
+        (
+            "equals",
+            FilterPolicy::any().with(
+                "type",
+                Condition::Equals(vec!["bounce".into(), "dropped".into()]),
+            ),
+        ),
+        (
+            "prefix",
+            FilterPolicy::any().with("provider", Condition::Prefix("send".into())),
+        ),
+        (
+            "but",
+            FilterPolicy::any().with("type", Condition::AnythingBut(vec!["open".into()])),
+        ),
+        (
+            "exists",
+            FilterPolicy::any().with("alert_id", Condition::Exists(true)),
+        ),
+        (
+            "absent",
+            FilterPolicy::any().with("alert_id", Condition::Exists(false)),
+        ),
         ("all", FilterPolicy::any()),
         (
             "both",
@@ -893,10 +1194,21 @@ pub async fn publish_filters_by_each_condition(bus: Arc<dyn Bus>) {
         ("both", vec![]),
     ];
     for (name, bodies) in expect {
-        assert_eq!(peek_bodies(&*bus, &queues[name]).await, bodies, "queue {name}");
+        assert_eq!(
+            peek_bodies(&*bus, &queues[name]).await,
+            bodies,
+            "queue {name}"
+        );
     }
-    let copy = bus.receive(&queues["exists"], now_opts(1)).await.unwrap().remove(0);
-    assert_eq!(copy.attributes.get("provider").map(String::as_str), Some("sendgrid"));
+    let copy = bus
+        .receive(&queues["exists"], now_opts(1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        copy.attributes.get("provider").map(String::as_str),
+        Some("sendgrid")
+    );
 }
 
 pub async fn publish_fans_out_atomically(bus: Arc<dyn Bus>) {
@@ -926,18 +1238,29 @@ pub async fn publish_fans_out_atomically(bus: Arc<dyn Bus>) {
     let err = bus
         .publish_batch(
             &topic,
-            vec![OutgoingMessage::new("ok"), OutgoingMessage::new("far too long for small")],
+            vec![
+                OutgoingMessage::new("ok"),
+                OutgoingMessage::new("far too long for small"),
+            ],
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, BusError::BodyTooLarge { ref queue, .. } if queue == &small), "{err:?}");
+    assert!(
+        matches!(err, BusError::BodyTooLarge { ref queue, .. } if queue == &small),
+        "{err:?}"
+    );
     for queue in [&small, &big] {
-        assert!(bus.peek(queue, 10).await.unwrap().is_empty(), "{queue} got a partial publish");
+        assert!(
+            bus.peek(queue, 10).await.unwrap().is_empty(),
+            "{queue} got a partial publish"
+        );
     }
     let ids = bus
         .publish_batch(
             &topic,
-            (0..3).map(|i| OutgoingMessage::new(format!("m{i}")).group("g")).collect(),
+            (0..3)
+                .map(|i| OutgoingMessage::new(format!("m{i}")).group("g"))
+                .collect(),
         )
         .await
         .unwrap();
@@ -952,8 +1275,14 @@ pub async fn publish_fans_out_atomically(bus: Arc<dyn Bus>) {
 pub async fn publish_to_unknown_or_unsubscribed_topic(bus: Arc<dyn Bus>) {
     let names = Names::new();
     let ghost = names.topic("ghost");
-    let err = bus.publish(&ghost, OutgoingMessage::new("x")).await.unwrap_err();
-    assert!(matches!(err, BusError::TopicNotFound(ref t) if t == &ghost), "{err:?}");
+    let err = bus
+        .publish(&ghost, OutgoingMessage::new("x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BusError::TopicNotFound(ref t) if t == &ghost),
+        "{err:?}"
+    );
     assert!(matches!(
         bus.subscriptions(&ghost).await,
         Err(BusError::TopicNotFound(_))
@@ -972,7 +1301,11 @@ pub async fn publish_to_unknown_or_unsubscribed_topic(bus: Arc<dyn Bus>) {
     let quiet = names.topic("quiet");
     bus.ensure_topic(&quiet).await.unwrap();
     bus.ensure_topic(&quiet).await.unwrap();
-    assert!(bus.publish(&quiet, OutgoingMessage::new("x")).await.unwrap().is_empty());
+    assert!(bus
+        .publish(&quiet, OutgoingMessage::new("x"))
+        .await
+        .unwrap()
+        .is_empty());
     assert!(bus.subscriptions(&quiet).await.unwrap().is_empty());
 }
 
@@ -1004,24 +1337,43 @@ pub async fn subscriptions_are_managed(bus: Arc<dyn Bus>) {
     subs.sort_by(|x, y| x.queue.cmp(&y.queue));
     assert_eq!(subs.len(), 2, "subscribing again replaces: {subs:?}");
     assert_eq!((&subs[0].queue, &subs[0].filter), (&a, &only_opens));
-    assert_eq!((&subs[1].queue, &subs[1].filter), (&b, &FilterPolicy::any()));
+    assert_eq!(
+        (&subs[1].queue, &subs[1].filter),
+        (&b, &FilterPolicy::any())
+    );
 
-    bus.publish(&topic, OutgoingMessage::new("bounce").attribute("type", "bounce"))
-        .await
-        .unwrap();
-    assert!(bus.peek(&a, 10).await.unwrap().is_empty(), "the replaced filter no longer applies");
+    bus.publish(
+        &topic,
+        OutgoingMessage::new("bounce").attribute("type", "bounce"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        bus.peek(&a, 10).await.unwrap().is_empty(),
+        "the replaced filter no longer applies"
+    );
     assert_eq!(peek_bodies(&*bus, &b).await, ["bounce"]);
 
     bus.unsubscribe(&topic, &b).await.unwrap();
     bus.unsubscribe(&topic, &b).await.unwrap();
     let subs = bus.subscriptions(&topic).await.unwrap();
     assert_eq!(subs.iter().map(|s| &s.queue).collect::<Vec<_>>(), [&a]);
-    bus.publish(&topic, OutgoingMessage::new("open").attribute("type", "open"))
-        .await
-        .unwrap();
-    assert_eq!(peek_bodies(&*bus, &b).await, ["bounce"], "unsubscribed queue gets nothing new");
+    bus.publish(
+        &topic,
+        OutgoingMessage::new("open").attribute("type", "open"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        peek_bodies(&*bus, &b).await,
+        ["bounce"],
+        "unsubscribed queue gets nothing new"
+    );
     assert_eq!(peek_bodies(&*bus, &a).await, ["open"]);
 
     bus.delete_queue(&a).await.unwrap();
-    assert!(bus.subscriptions(&topic).await.unwrap().is_empty(), "deleting a queue unsubscribes it");
+    assert!(
+        bus.subscriptions(&topic).await.unwrap().is_empty(),
+        "deleting a queue unsubscribes it"
+    );
 }

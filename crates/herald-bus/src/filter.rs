@@ -37,9 +37,7 @@ impl Condition {
         match self {
             Condition::Equals(values) => value.is_some_and(|v| values.iter().any(|x| x == v)),
             Condition::Prefix(prefix) => value.is_some_and(|v| v.starts_with(prefix.as_str())),
-            Condition::AnythingBut(values) => {
-                value.is_some_and(|v| values.iter().all(|x| x != v))
-            }
+            Condition::AnythingBut(values) => value.is_some_and(|v| values.iter().all(|x| x != v)),
             Condition::Exists(wanted) => value.is_some() == *wanted,
         }
     }
@@ -203,7 +201,10 @@ mod tests {
         assert!(p.matches(&attrs(&[("type", "bounce")])));
         assert!(p.matches(&attrs(&[("type", "dropped")])));
         assert!(!p.matches(&attrs(&[("type", "open")])));
-        assert!(!p.matches(&attrs(&[("other", "bounce")])), "absent never equals");
+        assert!(
+            !p.matches(&attrs(&[("other", "bounce")])),
+            "absent never equals"
+        );
         assert!(!p.matches(&attrs(&[("type", "Bounce")])), "case-sensitive");
     }
 
@@ -313,8 +314,14 @@ mod tests {
     #[test]
     fn malformed_conditions_are_rejected_with_the_reason() {
         let cases = [
-            (r#"{"t": {"prefixx": "a"}}"#, "unknown condition \"prefixx\""),
-            (r#"{"t": {"prefix": "a", "exists": true}}"#, "exactly one operator"),
+            (
+                r#"{"t": {"prefixx": "a"}}"#,
+                "unknown condition \"prefixx\"",
+            ),
+            (
+                r#"{"t": {"prefix": "a", "exists": true}}"#,
+                "exactly one operator",
+            ),
             (r#"{"t": {}}"#, "empty condition"),
             (r#"{"t": []}"#, "empty list"),
             (r#"{"t": [1]}"#, "invalid type"),

@@ -370,8 +370,11 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Copies the message into every subscribed queue whose filter matches,
     /// atomically where the backend can; returns the ids of the copies.
-    async fn publish(&self, topic: &TopicName, message: OutgoingMessage)
-        -> BusResult<Vec<MessageId>> {
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        message: OutgoingMessage,
+    ) -> BusResult<Vec<MessageId>> {
         self.publish_batch(topic, vec![message]).await
     }
 

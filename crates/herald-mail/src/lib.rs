@@ -17,7 +17,5 @@ pub use render::{
     SaleContext,
 };
 pub use template::{validate, Template, TemplateError, TemplatePart, TemplateSource};
-pub use transport::{
-    BuildError, SendError, SendReceipt, Transport, TransportConfig,
-};
+pub use transport::{BuildError, SendError, SendReceipt, Transport, TransportConfig};
 pub use unsubscribe::{UnsubscribeClaim, UnsubscribeError, UnsubscribeSigner};

@@ -96,7 +96,12 @@ impl OutgoingEmail {
                 })
                 .collect()
         };
-        format!("{}.{}@{}", clean(alert_id), clean(member_id), clean_domain(domain))
+        format!(
+            "{}.{}@{}",
+            clean(alert_id),
+            clean(member_id),
+            clean_domain(domain)
+        )
     }
 
     /// Checks everything a transport relies on; every transport runs it
@@ -105,12 +110,14 @@ impl OutgoingEmail {
         if self.subject.trim().is_empty() || self.subject.chars().any(char::is_control) {
             return Err(MessageError::BadSubject);
         }
-        let id_ok = self.message_id.split_once('@').is_some_and(|(l, r)| {
-            !l.is_empty() && !r.is_empty() && !r.contains('@')
-        }) && self
+        let id_ok = self
             .message_id
-            .chars()
-            .all(|c| c.is_ascii_graphic() && c != '<' && c != '>');
+            .split_once('@')
+            .is_some_and(|(l, r)| !l.is_empty() && !r.is_empty() && !r.contains('@'))
+            && self
+                .message_id
+                .chars()
+                .all(|c| c.is_ascii_graphic() && c != '<' && c != '>');
         if !id_ok {
             return Err(MessageError::BadMessageId(self.message_id.clone()));
         }
@@ -280,7 +287,10 @@ pub(crate) mod tests {
     fn message_ids_are_stable_and_safe() {
         let id = OutgoingEmail::message_id_for("a 1", "m<7>", "herald.example.com>");
         assert_eq!(id, "a_1.m_7_@herald.example.com");
-        assert_eq!(id, OutgoingEmail::message_id_for("a 1", "m<7>", "herald.example.com>"));
+        assert_eq!(
+            id,
+            OutgoingEmail::message_id_for("a 1", "m<7>", "herald.example.com>")
+        );
         let mut e = email("ada@example.com");
         e.message_id = id;
         assert_eq!(e.check(), Ok(()));
@@ -288,8 +298,13 @@ pub(crate) mod tests {
 
     #[test]
     fn mime_has_both_parts_and_all_headers() {
-        let raw = String::from_utf8(email("Ada <ada@example.com>").to_mime().unwrap().formatted())
-            .unwrap();
+        let raw = String::from_utf8(
+            email("Ada <ada@example.com>")
+                .to_mime()
+                .unwrap()
+                .formatted(),
+        )
+        .unwrap();
         for needle in [
             "Message-ID: <a1.m7@herald.example.com>",
             "List-Unsubscribe: <https://herald.example.com/u/tok>,",
@@ -307,31 +322,50 @@ pub(crate) mod tests {
 
     #[test]
     fn bad_messages_are_refused_with_the_field() {
-        let cases: Vec<(fn(&mut OutgoingEmail), &str)> = vec![
+        type Mutation = fn(&mut OutgoingEmail);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|e| e.subject = "two\r\nBcc: x@y".into(), "subject"),
             (|e| e.subject = "  ".into(), "subject"),
             (|e| e.message_id = "<x@y>".into(), "message_id"),
             (|e| e.message_id = "no-at-sign".into(), "message_id"),
-            (|e| {
-                e.custom_args.insert("Alert-Id".into(), "x".into());
-            }, "custom arg key \"Alert-Id\""),
-            (|e| {
-                e.custom_args.insert("note".into(), "a\nb".into());
-            }, "custom arg \"note\" value"),
-            (|e| {
-                for i in 0..20 {
-                    e.custom_args.insert(format!("k{i}"), "v".repeat(900));
-                }
-            }, "the limit is 10000"),
-            (|e| {
-                e.list_unsubscribe.as_mut().unwrap().url = "javascript:alert(1)".into();
-            }, "List-Unsubscribe url"),
-            (|e| {
-                e.list_unsubscribe.as_mut().unwrap().url = "https://x/a>, <https://evil".into();
-            }, "List-Unsubscribe url"),
-            (|e| {
-                e.list_unsubscribe.as_mut().unwrap().mailto = Some("unsub@x".into());
-            }, "List-Unsubscribe mailto"),
+            (
+                |e| {
+                    e.custom_args.insert("Alert-Id".into(), "x".into());
+                },
+                "custom arg key \"Alert-Id\"",
+            ),
+            (
+                |e| {
+                    e.custom_args.insert("note".into(), "a\nb".into());
+                },
+                "custom arg \"note\" value",
+            ),
+            (
+                |e| {
+                    for i in 0..20 {
+                        e.custom_args.insert(format!("k{i}"), "v".repeat(900));
+                    }
+                },
+                "the limit is 10000",
+            ),
+            (
+                |e| {
+                    e.list_unsubscribe.as_mut().unwrap().url = "javascript:alert(1)".into();
+                },
+                "List-Unsubscribe url",
+            ),
+            (
+                |e| {
+                    e.list_unsubscribe.as_mut().unwrap().url = "https://x/a>, <https://evil".into();
+                },
+                "List-Unsubscribe url",
+            ),
+            (
+                |e| {
+                    e.list_unsubscribe.as_mut().unwrap().mailto = Some("unsub@x".into());
+                },
+                "List-Unsubscribe mailto",
+            ),
         ];
         for (mutate, needle) in cases {
             let mut e = email("ada@example.com");

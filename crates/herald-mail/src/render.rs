@@ -205,9 +205,21 @@ mod tests {
         );
         let email = t.render(&RenderContext::example()).unwrap();
         assert_eq!(email.subject, "Your brands are on sale, Ada");
-        assert!(email.html.contains(r#"<p class="hi" style="color: red;">Hi Ada</p>"#), "{}", email.html);
-        assert!(email.html.contains("@media (max-width: 600px)"), "{}", email.html);
-        assert!(email.html.contains("https://shop.example.com/sales/acme-spring"));
+        assert!(
+            email
+                .html
+                .contains(r#"<p class="hi" style="color: red;">Hi Ada</p>"#),
+            "{}",
+            email.html
+        );
+        assert!(
+            email.html.contains("@media (max-width: 600px)"),
+            "{}",
+            email.html
+        );
+        assert!(email
+            .html
+            .contains("https://shop.example.com/sales/acme-spring"));
         assert_eq!(email.text, "Hi Ada, 2 sales");
     }
 
@@ -223,7 +235,11 @@ mod tests {
         let email = t.render(&ctx).unwrap();
         assert_eq!(email.subject, "Tom & <Jerry>");
         assert_eq!(email.text, "Tom & <Jerry>");
-        assert!(email.html.contains("<p>Tom &amp; &lt;Jerry&gt;</p>"), "{}", email.html);
+        assert!(
+            email.html.contains("<p>Tom &amp; &lt;Jerry&gt;</p>"),
+            "{}",
+            email.html
+        );
         assert!(!email.html.contains("<Jerry>"));
     }
 
@@ -260,7 +276,10 @@ mod tests {
     #[test]
     fn subject_is_one_line_and_never_empty() {
         let t = template("  Big\r\n  sale\t{{ alert.id | length }} ", "x", None);
-        assert_eq!(t.render(&RenderContext::example()).unwrap().subject, "Big sale 36");
+        assert_eq!(
+            t.render(&RenderContext::example()).unwrap().subject,
+            "Big sale 36"
+        );
         let empty = template("{{ '' }}  ", "x", None);
         let err = empty.render(&RenderContext::example()).unwrap_err();
         assert_eq!(
@@ -271,12 +290,19 @@ mod tests {
 
     #[test]
     fn long_links_in_the_derived_text_stay_on_one_line() {
-        let t = template("s", "<p>Bye: <a href=\"{{ unsubscribe_url }}\">unsubscribe</a></p>", None);
+        let t = template(
+            "s",
+            "<p>Bye: <a href=\"{{ unsubscribe_url }}\">unsubscribe</a></p>",
+            None,
+        );
         let mut ctx = RenderContext::example();
         ctx.unsubscribe_url = format!("https://herald.example.com/unsubscribe/{}", "x".repeat(120));
         let email = t.render(&ctx).unwrap();
         assert!(
-            email.text.lines().any(|l| l.ends_with(&ctx.unsubscribe_url)),
+            email
+                .text
+                .lines()
+                .any(|l| l.ends_with(&ctx.unsubscribe_url)),
             "{}",
             email.text
         );
@@ -292,8 +318,16 @@ mod tests {
         let email = t.render(&RenderContext::example()).unwrap();
         assert!(email.text.contains("Acme sale"), "{}", email.text);
         assert!(email.text.contains("50%"), "{}", email.text);
-        assert!(email.text.contains("https://shop.example.com/a"), "{}", email.text);
-        assert!(email.text.lines().all(|l| l.chars().count() <= TEXT_WIDTH), "{}", email.text);
+        assert!(
+            email.text.contains("https://shop.example.com/a"),
+            "{}",
+            email.text
+        );
+        assert!(
+            email.text.lines().all(|l| l.chars().count() <= TEXT_WIDTH),
+            "{}",
+            email.text
+        );
         assert!(!email.text.contains("<"), "{}", email.text);
         assert!(!email.text.contains("color"), "{}", email.text);
     }

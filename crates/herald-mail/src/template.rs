@@ -195,9 +195,13 @@ impl Template {
 
     fn sources(&self) -> impl Iterator<Item = (TemplatePart, minijinja::Template<'_, '_>)> {
         self.env.templates().filter_map(|(name, template)| {
-            let part = [TemplatePart::Subject, TemplatePart::Html, TemplatePart::Text]
-                .into_iter()
-                .find(|p| p.as_str() == name)?;
+            let part = [
+                TemplatePart::Subject,
+                TemplatePart::Html,
+                TemplatePart::Text,
+            ]
+            .into_iter()
+            .find(|p| p.as_str() == name)?;
             Some((part, template))
         })
     }
@@ -317,9 +321,10 @@ fn unknown_reference(path: &str, globals: &BTreeSet<String>) -> Option<(String, 
 fn reference_line(source: &str, path: &[&str]) -> Option<usize> {
     let refs = tag_identifiers(source);
     let starts_path = |i: usize| {
-        path.iter()
-            .enumerate()
-            .all(|(k, seg)| refs.get(i + k).is_some_and(|r| r.name == *seg && (k == 0) != r.after_dot))
+        path.iter().enumerate().all(|(k, seg)| {
+            refs.get(i + k)
+                .is_some_and(|r| r.name == *seg && (k == 0) != r.after_dot)
+        })
     };
     let root_at = |i: usize| refs[i].name == path[0] && !refs[i].after_dot;
     (0..refs.len())
@@ -502,7 +507,9 @@ mod tests {
         assert!(errs[0].message.starts_with("syntax error"), "{}", errs[0]);
         assert_eq!(errs[1].part, TemplatePart::Text);
         assert_eq!(errs[1].line, Some(2));
-        assert!(errs[1].to_string().starts_with("text template, line 2: syntax error"));
+        assert!(errs[1]
+            .to_string()
+            .starts_with("text template, line 2: syntax error"));
     }
 
     #[test]
@@ -516,10 +523,20 @@ mod tests {
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert_eq!(errs[0].part, TemplatePart::Subject);
         assert_eq!(errs[0].line, Some(1));
-        assert!(errs[0].message.starts_with("unknown variable `membr`"), "{}", errs[0]);
-        assert!(errs[0].message.contains("member, alert, brands, sales, unsubscribe_url"));
+        assert!(
+            errs[0].message.starts_with("unknown variable `membr`"),
+            "{}",
+            errs[0]
+        );
+        assert!(errs[0]
+            .message
+            .contains("member, alert, brands, sales, unsubscribe_url"));
         assert_eq!(errs[1].part, TemplatePart::Html);
-        assert_eq!(errs[1].line, Some(4), "the string and the comment are skipped");
+        assert_eq!(
+            errs[1].line,
+            Some(4),
+            "the string and the comment are skipped"
+        );
         assert!(errs[1].message.contains("`coupon`"));
     }
 
@@ -533,18 +550,38 @@ mod tests {
         let errs = errors(&src);
         let summary: Vec<_> = errs
             .iter()
-            .map(|e| (e.part, e.line, e.message.split(';').next().unwrap().to_owned()))
+            .map(|e| {
+                (
+                    e.part,
+                    e.line,
+                    e.message.split(';').next().unwrap().to_owned(),
+                )
+            })
             .collect();
         assert_eq!(
             summary,
             vec![
-                (TemplatePart::Html, Some(3), "unknown variable `member.frist_name`".into()),
+                (
+                    TemplatePart::Html,
+                    Some(3),
+                    "unknown variable `member.frist_name`".into()
+                ),
                 (TemplatePart::Html, Some(3), "unknown variable `x`".into()),
-                (TemplatePart::Text, Some(1), "unknown variable `unsubscribe_url.host`".into()),
-                (TemplatePart::Text, Some(2), "unknown variable `sales.first`".into()),
+                (
+                    TemplatePart::Text,
+                    Some(1),
+                    "unknown variable `unsubscribe_url.host`".into()
+                ),
+                (
+                    TemplatePart::Text,
+                    Some(2),
+                    "unknown variable `sales.first`".into()
+                ),
             ]
         );
-        assert!(errs[0].message.contains("first_name, name, email, locale, time_zone"));
+        assert!(errs[0]
+            .message
+            .contains("first_name, name, email, locale, time_zone"));
     }
 
     #[test]
@@ -577,7 +614,10 @@ mod tests {
             vec![TemplateError::new(
                 TemplatePart::Subject,
                 None,
-                format!("is {} bytes long; the limit is {MAX_SUBJECT_SOURCE}", MAX_SUBJECT_SOURCE + 1)
+                format!(
+                    "is {} bytes long; the limit is {MAX_SUBJECT_SOURCE}",
+                    MAX_SUBJECT_SOURCE + 1
+                )
             )]
         );
         assert_eq!(
@@ -624,7 +664,12 @@ mod tests {
                 }
             };
             let item = value.as_array().map_or(value, |a| &a[0]);
-            let mut have: Vec<&str> = item.as_object().unwrap().keys().map(String::as_str).collect();
+            let mut have: Vec<&str> = item
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
             let mut want = fields.to_vec();
             have.sort_unstable();
             want.sort_unstable();

@@ -96,7 +96,9 @@ impl UnsubscribeSigner {
         let (Some(alert), Some(member), Some(tag), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(UnsubscribeError::Malformed("expected three dot-separated parts"));
+            return Err(UnsubscribeError::Malformed(
+                "expected three dot-separated parts",
+            ));
         };
         let decode = |part: &str, what: &'static str| {
             URL_SAFE_NO_PAD
@@ -109,7 +111,9 @@ impl UnsubscribeSigner {
             .map_err(|_| UnsubscribeError::Malformed("member id is not UTF-8"))?;
         let tag = decode(tag, "signature is not base64url")?;
         if tag.len() != MAC_LEN {
-            return Err(UnsubscribeError::Malformed("signature has the wrong length"));
+            return Err(UnsubscribeError::Malformed(
+                "signature has the wrong length",
+            ));
         }
         check_id("alert", &alert_id)?;
         check_id("member", &member_id)?;
@@ -169,7 +173,8 @@ mod tests {
             }
         );
         assert_eq!(
-            s.url("https://h.example/u/", "alert-1", "member-42").unwrap(),
+            s.url("https://h.example/u/", "alert-1", "member-42")
+                .unwrap(),
             format!("https://h.example/u/{token}")
         );
     }
@@ -183,7 +188,10 @@ mod tests {
         let s = signer();
         assert_eq!(
             s.token("", "m").unwrap_err(),
-            UnsubscribeError::BadId { which: "alert", len: 0 }
+            UnsubscribeError::BadId {
+                which: "alert",
+                len: 0
+            }
         );
         assert!(s.token("a", &"m".repeat(MAX_ID_LEN + 1)).is_err());
         assert!(!format!("{s:?}").contains("0123"));
@@ -209,7 +217,10 @@ mod tests {
         let s = signer();
         let other = UnsubscribeSigner::new(b"another key that is long enough!").unwrap();
         let forged = other.token("alert-1", "member-42").unwrap();
-        assert_eq!(s.verify(&forged).unwrap_err(), UnsubscribeError::BadSignature);
+        assert_eq!(
+            s.verify(&forged).unwrap_err(),
+            UnsubscribeError::BadSignature
+        );
 
         // Another member's signature on this member's ids.
         let mine = s.token("alert-1", "member-42").unwrap();
@@ -229,7 +240,10 @@ mod tests {
             URL_SAFE_NO_PAD.encode("a"),
             URL_SAFE_NO_PAD.encode("bc")
         );
-        assert_eq!(s.verify(&moved).unwrap_err(), UnsubscribeError::BadSignature);
+        assert_eq!(
+            s.verify(&moved).unwrap_err(),
+            UnsubscribeError::BadSignature
+        );
     }
 
     #[test]
@@ -243,7 +257,14 @@ mod tests {
             (format!("{good}.x"), "three dot-separated parts"),
             ("!!.bQ.AAAA".into(), "alert id is not base64url"),
             (truncated.to_owned(), "wrong length"),
-            (format!("{}.bQ.{}", URL_SAFE_NO_PAD.encode([0xff, 0xfe]), "A".repeat(43)), "not UTF-8"),
+            (
+                format!(
+                    "{}.bQ.{}",
+                    URL_SAFE_NO_PAD.encode([0xff, 0xfe]),
+                    "A".repeat(43)
+                ),
+                "not UTF-8",
+            ),
             (format!(".bQ.{}", "A".repeat(43)), "alert id is 0 bytes"),
             ("x".repeat(MAX_TOKEN_LEN + 1), "too long"),
         ];

@@ -81,7 +81,9 @@ def main(argv):
                 ok = isinstance(auth_data, LoginPassword) and (
                     auth_data.login == user and auth_data.password == password
                 )
-                return AuthResult(success=ok, auth_data=auth_data)
+                if not ok:
+                    return AuthResult(success=False, handled=False)
+                return AuthResult(success=True, auth_data=auth_data)
 
             kwargs["authenticator"] = authenticator
             kwargs["auth_required"] = True

@@ -32,7 +32,11 @@ struct ErrorDetail<'a> {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             code: code.into(),
@@ -70,7 +74,11 @@ impl ApiError {
     /// message.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "request failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
     }
 
     /// The generic error for a bare status, used when a layer (timeout, body
@@ -82,7 +90,9 @@ impl ApiError {
             .to_ascii_lowercase()
             .replace([' ', '-'], "_");
         let message = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "request body is larger than this endpoint accepts".to_owned(),
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                "request body is larger than this endpoint accepts".to_owned()
+            }
             StatusCode::REQUEST_TIMEOUT => "the request took too long and was stopped".to_owned(),
             StatusCode::METHOD_NOT_ALLOWED => "this method is not allowed on this path".to_owned(),
             s if s.is_server_error() => "internal error; see the server log".to_owned(),
@@ -94,7 +104,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -108,7 +124,12 @@ impl IntoResponse for ApiError {
             },
         };
         let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":{}}".to_vec());
-        (self.status, [(header::CONTENT_TYPE, "application/json")], json).into_response()
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response()
     }
 }
 
@@ -117,10 +138,16 @@ impl From<BusError> for ApiError {
         match e {
             BusError::InvalidName(e) => Self::invalid_field("name", e.to_string()),
             BusError::BodyTooLarge { .. } => Self::payload_too_large(e.to_string()),
-            BusError::QueueNotFound(_) | BusError::TopicNotFound(_) => Self::not_found(e.to_string()),
-            BusError::StaleReceipt(_) => Self::new(StatusCode::CONFLICT, "stale_receipt", e.to_string()),
+            BusError::QueueNotFound(_) | BusError::TopicNotFound(_) => {
+                Self::not_found(e.to_string())
+            }
+            BusError::StaleReceipt(_) => {
+                Self::new(StatusCode::CONFLICT, "stale_receipt", e.to_string())
+            }
             BusError::InvalidArgument { field, .. } => Self::invalid_field(field, e.to_string()),
-            BusError::Unsupported { .. } => Self::new(StatusCode::NOT_IMPLEMENTED, "unsupported", e.to_string()),
+            BusError::Unsupported { .. } => {
+                Self::new(StatusCode::NOT_IMPLEMENTED, "unsupported", e.to_string())
+            }
             BusError::Backend { .. } => Self::unavailable(e),
         }
     }
@@ -162,7 +189,8 @@ mod tests {
 
     #[tokio::test]
     async fn body_has_the_documented_shape() {
-        let (status, json) = body_json(ApiError::invalid_field("send_at", "must be in the future")).await;
+        let (status, json) =
+            body_json(ApiError::invalid_field("send_at", "must be in the future")).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(
             json,
@@ -172,7 +200,10 @@ mod tests {
 
     #[tokio::test]
     async fn server_errors_stay_opaque() {
-        let (status, json) = body_json(ApiError::internal("password=hunter2 leaked in a driver error")).await;
+        let (status, json) = body_json(ApiError::internal(
+            "password=hunter2 leaked in a driver error",
+        ))
+        .await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!json.to_string().contains("hunter2"));
     }
@@ -182,10 +213,24 @@ mod tests {
         let q = herald_core::QueueName::parse("q").unwrap();
         let cases = [
             (BusError::QueueNotFound(q.clone()), StatusCode::NOT_FOUND),
-            (BusError::StaleReceipt(herald_bus::Receipt("r".into())), StatusCode::CONFLICT),
-            (BusError::BodyTooLarge { queue: q, size: 2, limit: 1 }, StatusCode::PAYLOAD_TOO_LARGE),
             (
-                BusError::Backend { backend: "sqlite", message: "database is locked".into(), source: None },
+                BusError::StaleReceipt(herald_bus::Receipt("r".into())),
+                StatusCode::CONFLICT,
+            ),
+            (
+                BusError::BodyTooLarge {
+                    queue: q,
+                    size: 2,
+                    limit: 1,
+                },
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            (
+                BusError::Backend {
+                    backend: "sqlite",
+                    message: "database is locked".into(),
+                    source: None,
+                },
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
         ];
@@ -196,7 +241,13 @@ mod tests {
 
     #[test]
     fn bare_statuses_get_codes() {
-        assert_eq!(ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE).code, "payload_too_large");
-        assert_eq!(ApiError::from_status(StatusCode::REQUEST_TIMEOUT).code, "request_timeout");
+        assert_eq!(
+            ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE).code,
+            "payload_too_large"
+        );
+        assert_eq!(
+            ApiError::from_status(StatusCode::REQUEST_TIMEOUT).code,
+            "request_timeout"
+        );
     }
 }

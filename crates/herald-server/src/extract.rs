@@ -37,7 +37,9 @@ where
                 "send the body as JSON with Content-Type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -64,8 +66,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ApiError::bad_request("malformed_json", format!("body is not valid JSON: {inner}"))
         }
     })?;
-    de.end()
-        .map_err(|e| ApiError::bad_request("malformed_json", format!("body is not valid JSON: {e}")))?;
+    de.end().map_err(|e| {
+        ApiError::bad_request("malformed_json", format!("body is not valid JSON: {e}"))
+    })?;
     Ok(value)
 }
 
@@ -120,8 +123,10 @@ mod tests {
 
     #[test]
     fn wrong_types_name_the_nested_field() {
-        let err = parse_json::<Alert>(br#"{"subject":"a","sales":[{"url":"u","brand_id":1},{"url":"u","brand_id":"x"}]}"#)
-            .unwrap_err();
+        let err = parse_json::<Alert>(
+            br#"{"subject":"a","sales":[{"url":"u","brand_id":1},{"url":"u","brand_id":"x"}]}"#,
+        )
+        .unwrap_err();
         assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(err.field.as_deref(), Some("sales[1].brand_id"));
     }

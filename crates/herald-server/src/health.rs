@@ -35,8 +35,16 @@ pub struct Check {
 impl Check {
     fn from_result<E: std::fmt::Display>(backend: &'static str, result: Result<(), E>) -> Self {
         match result {
-            Ok(()) => Check { backend, ok: true, error: None },
-            Err(e) => Check { backend, ok: false, error: Some(e.to_string()) },
+            Ok(()) => Check {
+                backend,
+                ok: true,
+                error: None,
+            },
+            Err(e) => Check {
+                backend,
+                ok: false,
+                error: Some(e.to_string()),
+            },
         }
     }
 }
@@ -50,7 +58,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         bus: Check::from_result(state.bus.backend(), bus),
     };
     let ready = checks.store.ok && checks.bus.ok;
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let readiness = Readiness {
         status: if ready { "ready" } else { "unavailable" },
         checks,

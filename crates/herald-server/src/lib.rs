@@ -103,7 +103,11 @@ async fn json_error_bodies(request: Request, next: Next) -> Response {
 
 /// Serves `router` on `listener` until `shutdown` fires, then lets in-flight
 /// requests finish.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -25,10 +25,7 @@ pub fn prometheus() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Suffix("duration_seconds".into()),
-                    LATENCY_BUCKETS,
-                )
+                .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
                 .expect("the bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -74,7 +71,8 @@ async fn record_queue_gauges(state: &AppState) -> Result<(), herald_bus::BusErro
         let stats = state.bus.stats(&queue.name).await?;
         let name = queue.name.to_string();
         metrics::gauge!("herald_queue_visible", "queue" => name.clone()).set(stats.visible as f64);
-        metrics::gauge!("herald_queue_in_flight", "queue" => name.clone()).set(stats.in_flight as f64);
+        metrics::gauge!("herald_queue_in_flight", "queue" => name.clone())
+            .set(stats.in_flight as f64);
         metrics::gauge!("herald_queue_delayed", "queue" => name.clone()).set(stats.delayed as f64);
         metrics::gauge!("herald_queue_dead_lettered", "queue" => name.clone())
             .set(stats.dead_lettered as f64);

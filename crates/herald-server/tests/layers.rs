@@ -16,8 +16,14 @@ fn app() -> Router {
         text: String,
     }
     let routes = Router::new()
-        .route("/echo", post(|ApiJson(echo): ApiJson<Echo>| async move { echo.text }))
-        .route("/slow", get(|| async { tokio::time::sleep(Duration::from_secs(5)).await }))
+        .route(
+            "/echo",
+            post(|ApiJson(echo): ApiJson<Echo>| async move { echo.text }),
+        )
+        .route(
+            "/slow",
+            get(|| async { tokio::time::sleep(Duration::from_secs(5)).await }),
+        )
         .route("/panic", get(|| async { panic!("boom") as &str }));
     with_layers(
         routes,
@@ -32,7 +38,10 @@ async fn call(request: Request<Body>) -> (StatusCode, serde_json::Value) {
     let response = app().oneshot(request).await.unwrap();
     let status = response.status();
     assert_eq!(
-        response.headers().get("content-type").map(|v| v.to_str().unwrap()),
+        response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap()),
         Some("application/json"),
         "error bodies are JSON"
     );
@@ -68,7 +77,9 @@ async fn malformed_and_mistyped_json_are_told_apart() {
 
 #[tokio::test]
 async fn wrong_content_type_is_415() {
-    let request = Request::post("/echo").body(Body::from("{\"text\":\"a\"}")).unwrap();
+    let request = Request::post("/echo")
+        .body(Body::from("{\"text\":\"a\"}"))
+        .unwrap();
     let (status, json) = call(request).await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(json["error"]["code"], "unsupported_media_type");

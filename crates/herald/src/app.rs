@@ -27,7 +27,10 @@ pub enum AppError {
     #[error(transparent)]
     Bus(#[from] herald_bus::BusError),
     #[error("bus.backend = {backend:?} needs the SQLite store; store.url is {store}")]
-    BusNeedsSqlite { backend: &'static str, store: &'static str },
+    BusNeedsSqlite {
+        backend: &'static str,
+        store: &'static str,
+    },
     #[error("HTTP server failed: {0}")]
     Http(#[from] std::io::Error),
 }
@@ -102,7 +105,9 @@ pub fn shutdown_on_signals() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            let mut term = match tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::terminate(),
+            ) {
                 Ok(term) => term,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops Herald");

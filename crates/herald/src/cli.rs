@@ -18,7 +18,13 @@ use crate::roles::Role;
 )]
 pub struct Cli {
     /// Configuration file (default: ./herald.toml when it exists).
-    #[arg(long, short = 'c', global = true, env = "HERALD_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "HERALD_CONFIG",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
 
     /// Log format; overrides log.format.

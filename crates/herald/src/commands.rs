@@ -21,8 +21,13 @@ pub fn config(command: &ConfigCommand, config: &Config) {
 }
 
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let backends = Backends::open(config).await.context("cannot open the store")?;
-    println!("migrations applied to the {} store", backends.store.backend());
+    let backends = Backends::open(config)
+        .await
+        .context("cannot open the store")?;
+    println!(
+        "migrations applied to the {} store",
+        backends.store.backend()
+    );
     backends.close().await;
     Ok(())
 }
@@ -42,7 +47,9 @@ fn queue_name(raw: &str) -> anyhow::Result<QueueName> {
 }
 
 pub async fn queues(command: &QueuesCommand, config: &Config) -> anyhow::Result<()> {
-    let backends = Backends::open(config).await.context("cannot open the backends")?;
+    let backends = Backends::open(config)
+        .await
+        .context("cannot open the backends")?;
     let result = run_queues(command, config, backends.bus.as_ref()).await;
     backends.close().await;
     result
@@ -68,7 +75,12 @@ async fn run_queues(command: &QueuesCommand, config: &Config, bus: &dyn Bus) -> 
                 println!("no queues yet");
                 return Ok(());
             }
-            let width = rows.iter().map(|(n, _)| n.as_str().len()).max().unwrap_or(5).max(5);
+            let width = rows
+                .iter()
+                .map(|(n, _)| n.as_str().len())
+                .max()
+                .unwrap_or(5)
+                .max(5);
             println!(
                 "{:<width$}  {:>9}  {:>9}  {:>9}  {:>9}  {:>10}",
                 "QUEUE", "VISIBLE", "IN FLIGHT", "DELAYED", "DLQ", "OLDEST"
@@ -101,22 +113,38 @@ async fn run_queues(command: &QueuesCommand, config: &Config, bus: &dyn Bus) -> 
             let purged = bus.purge(&queue_name(queue)?).await?;
             println!("purged {purged} messages from {queue}");
         }
-        QueuesCommand::Redrive { dead_letter, to, limit } => {
+        QueuesCommand::Redrive {
+            dead_letter,
+            to,
+            limit,
+        } => {
             let to = match to {
                 Some(to) => to.clone(),
                 None => match dead_letter.strip_suffix(".dlq") {
                     Some(source) => source.to_owned(),
-                    None => bail!("{dead_letter} does not end in .dlq; name the destination with --to"),
+                    None => {
+                        bail!("{dead_letter} does not end in .dlq; name the destination with --to")
+                    }
                 },
             };
-            let moved = bus.redrive(&queue_name(dead_letter)?, &queue_name(&to)?, *limit).await?;
+            let moved = bus
+                .redrive(&queue_name(dead_letter)?, &queue_name(&to)?, *limit)
+                .await?;
             println!("moved {moved} messages from {dead_letter} to {to}");
         }
-        QueuesCommand::Create { queue, max_receives } => {
-            bus.ensure_queue(&queue_name(queue)?, queue_config(config, *max_receives)).await?;
+        QueuesCommand::Create {
+            queue,
+            max_receives,
+        } => {
+            bus.ensure_queue(&queue_name(queue)?, queue_config(config, *max_receives))
+                .await?;
             println!("queue {queue} is ready");
         }
-        QueuesCommand::Send { queue, body, attributes } => {
+        QueuesCommand::Send {
+            queue,
+            body,
+            attributes,
+        } => {
             let mut message = OutgoingMessage::new(body.clone().into_bytes());
             for attribute in attributes {
                 let Some((key, value)) = attribute.split_once('=') else {
@@ -132,7 +160,9 @@ async fn run_queues(command: &QueuesCommand, config: &Config, bus: &dyn Bus) -> 
 }
 
 pub async fn keys(command: &KeysCommand, config: &Config) -> anyhow::Result<()> {
-    let backends = Backends::open(config).await.context("cannot open the store")?;
+    let backends = Backends::open(config)
+        .await
+        .context("cannot open the store")?;
     let keys = backends.store.api_keys();
     let result = async {
         match command {
@@ -145,14 +175,26 @@ pub async fn keys(command: &KeysCommand, config: &Config) -> anyhow::Result<()> 
                         .collect::<Result<Vec<_>, _>>()?,
                 )?;
                 let (key, token) = keys.create(&name, &scopes).await?;
-                eprintln!("created API key {} ({}) with scopes {}", key.id.as_str(), key.name.as_str(), key.scopes);
+                eprintln!(
+                    "created API key {} ({}) with scopes {}",
+                    key.id.as_str(),
+                    key.name.as_str(),
+                    key.scopes
+                );
                 eprintln!("this is the only time the key is shown; store it now:");
                 println!("{}", token.expose());
             }
             KeysCommand::List => {
-                println!("{:<24}  {:<24}  {:<30}  {:<8}", "ID", "NAME", "SCOPES", "STATE");
+                println!(
+                    "{:<24}  {:<24}  {:<30}  {:<8}",
+                    "ID", "NAME", "SCOPES", "STATE"
+                );
                 for key in keys.list().await? {
-                    let state = if key.is_revoked() { "revoked" } else { "active" };
+                    let state = if key.is_revoked() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
                     println!(
                         "{:<24}  {:<24}  {:<30}  {:<8}",
                         key.id.as_str(),
@@ -164,7 +206,11 @@ pub async fn keys(command: &KeysCommand, config: &Config) -> anyhow::Result<()> 
             }
             KeysCommand::Revoke { id } => {
                 let key = keys.revoke(&ApiKeyId::parse(id.as_str())?).await?;
-                println!("revoked API key {} ({})", key.id.as_str(), key.name.as_str());
+                println!(
+                    "revoked API key {} ({})",
+                    key.id.as_str(),
+                    key.name.as_str()
+                );
             }
         }
         anyhow::Ok(())
@@ -185,7 +231,7 @@ pub async fn bench(command: &BenchCommand) -> anyhow::Result<()> {
                 body_bytes: args.body_bytes,
             };
             eprintln!(
-                "sending {} messages in batches of {}, then consuming them with {} consumers; then the same row work in raw SQL",
+                "raw SQL reference first, then Herald: {} messages in batches of {}, consumed by {} consumers",
                 options.messages, options.batch, options.consumers
             );
             let report = run_bus_bench(options).await?;

@@ -104,7 +104,9 @@ impl Config {
             }
             None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
                 std::fs::read_to_string(DEFAULT_CONFIG_FILE).map_err(|e| {
-                    ConfigError(format!("cannot read config file {DEFAULT_CONFIG_FILE}: {e}"))
+                    ConfigError(format!(
+                        "cannot read config file {DEFAULT_CONFIG_FILE}: {e}"
+                    ))
                 })?;
                 figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
             }
@@ -135,20 +137,31 @@ impl Config {
             return Err(ConfigError("bus.max_body_bytes: must be at least 1".into()));
         }
         if self.server.max_body_bytes == 0 {
-            return Err(ConfigError("server.max_body_bytes: must be at least 1".into()));
+            return Err(ConfigError(
+                "server.max_body_bytes: must be at least 1".into(),
+            ));
         }
         if self.server.request_timeout.is_zero() {
-            return Err(ConfigError("server.request_timeout: must be longer than 0s".into()));
+            return Err(ConfigError(
+                "server.request_timeout: must be longer than 0s".into(),
+            ));
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| ConfigError(format!("log.level: {:?} is not a valid filter: {e}", self.log.level)))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            ConfigError(format!(
+                "log.level: {:?} is not a valid filter: {e}",
+                self.log.level
+            ))
+        })?;
         Ok(())
     }
 
     /// The database URL in force: `store.url`, or the embedded file.
     pub fn store_url(&self) -> String {
         if self.store.url.is_empty() {
-            format!("sqlite://{}", self.store.data_dir.join("herald.db").display())
+            format!(
+                "sqlite://{}",
+                self.store.data_dir.join("herald.db").display()
+            )
         } else {
             self.store.url.clone()
         }
@@ -158,7 +171,8 @@ impl Config {
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
         shown.store.url = mask_password(&shown.store.url);
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+        toml::to_string_pretty(&shown)
+            .unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
     }
 }
 
@@ -198,6 +212,8 @@ mod tests {
         })
     }
 
+    // figment::Jail fixes the closure's error type; it is not ours to shrink.
+    #[allow(clippy::result_large_err)]
     fn load_in_jail(
         prepare: impl FnOnce(&mut figment::Jail) -> Option<PathBuf>,
     ) -> Result<Config, ConfigError> {
@@ -223,7 +239,10 @@ mod tests {
     fn file_then_environment_override_defaults() {
         let config = load_with(
             Some("[server]\nlisten = \"0.0.0.0:9000\"\n[bus]\nmax_receives = 9\n"),
-            &[("HERALD_BUS__MAX_RECEIVES", "3"), ("HERALD_TEST_DATABASE_URL", "x")],
+            &[
+                ("HERALD_BUS__MAX_RECEIVES", "3"),
+                ("HERALD_TEST_DATABASE_URL", "x"),
+            ],
         )
         .unwrap();
         assert_eq!(config.server.listen.to_string(), "0.0.0.0:9000");
@@ -254,17 +273,26 @@ mod tests {
     #[test]
     fn unreadable_file_is_an_error() {
         let err = load_in_jail(|_| Some(PathBuf::from("/nonexistent/herald.toml"))).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/herald.toml"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/herald.toml"),
+            "{err}"
+        );
     }
 
     #[test]
     fn secrets_are_masked_when_shown() {
-        assert_eq!(mask_password("postgres://herald:s3cret@db:5432/h"), "postgres://herald:***@db:5432/h");
+        assert_eq!(
+            mask_password("postgres://herald:s3cret@db:5432/h"),
+            "postgres://herald:***@db:5432/h"
+        );
         assert_eq!(mask_password("postgres://db/h"), "postgres://db/h");
         let mut config = load_with(None, &[]).unwrap();
         config.store.url = "postgres://herald:s3cret@db/h".into();
         let shown = config.to_masked_toml();
-        assert!(!shown.contains("s3cret") && shown.contains("***"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("***"),
+            "{shown}"
+        );
     }
 
     #[test]

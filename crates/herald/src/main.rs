@@ -17,7 +17,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(cli.log_format.unwrap_or(config.log.format), &config.log.level);
+    telemetry::init_logging(
+        cli.log_format.unwrap_or(config.log.format),
+        &config.log.level,
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -41,11 +44,20 @@ async fn dispatch(command: Command, mut config: Config) -> anyhow::Result<()> {
                 config.server.listen = listen;
             }
             let roles = Roles::from_list(&args.roles);
-            let backends = Backends::open(&config).await.context("cannot open the backends")?;
+            let backends = Backends::open(&config)
+                .await
+                .context("cannot open the backends")?;
             let listener = tokio::net::TcpListener::bind(config.server.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-            app::run(&config, backends, &roles, listener, app::shutdown_on_signals()).await?;
+            app::run(
+                &config,
+                backends,
+                &roles,
+                listener,
+                app::shutdown_on_signals(),
+            )
+            .await?;
         }
         Command::Migrate => commands::migrate(&config).await?,
         Command::Queues(command) => commands::queues(&command, &config).await?,

@@ -106,13 +106,19 @@ mod tests {
     #[test]
     fn no_roles_means_all() {
         assert_eq!(Roles::from_list(&[]), Roles::all());
-        assert_eq!(Roles::all().to_string(), "api,web,ingest,router,audience,mailer,scheduler");
+        assert_eq!(
+            Roles::all().to_string(),
+            "api,web,ingest,router,audience,mailer,scheduler"
+        );
     }
 
     #[test]
     fn parsing_names_the_known_roles() {
         assert_eq!("mailer".parse::<Role>().unwrap(), Role::Mailer);
         let err = "mailman".parse::<Role>().unwrap_err();
-        assert!(err.contains("mailman") && err.contains("scheduler"), "{err}");
+        assert!(
+            err.contains("mailman") && err.contains("scheduler"),
+            "{err}"
+        );
     }
 }

@@ -144,10 +144,16 @@ mod tests {
     fn retry_after_prefers_seconds_then_reset_time_and_is_capped() {
         let mut h = HeaderMap::new();
         assert_eq!(retry_after(&h), None);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         h.insert("x-ratelimit-reset", HeaderValue::from(now + 600));
         let wait = retry_after(&h).unwrap();
-        assert!(wait <= Duration::from_secs(600) && wait >= Duration::from_secs(500), "{wait:?}");
+        assert!(
+            wait <= Duration::from_secs(600) && wait >= Duration::from_secs(500),
+            "{wait:?}"
+        );
         h.insert("retry-after", HeaderValue::from_static("7"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
         h.insert("retry-after", HeaderValue::from_static("999999"));
@@ -160,7 +166,9 @@ mod tests {
     #[test]
     fn endpoints_need_http_urls() {
         assert_eq!(
-            endpoint("http://127.0.0.1:9/", "/v3/mail/send").unwrap().as_str(),
+            endpoint("http://127.0.0.1:9/", "/v3/mail/send")
+                .unwrap()
+                .as_str(),
             "http://127.0.0.1:9/v3/mail/send"
         );
         assert!(endpoint("ftp://x", "/a").is_err());

@@ -162,7 +162,10 @@ mod tests {
         };
         assert_eq!(c.port(), 465);
         assert_eq!(c.timeout, Duration::from_secs(10));
-        assert!(!format!("{smtp:?}").contains("s3cret"), "secrets stay out of Debug");
+        assert!(
+            !format!("{smtp:?}").contains("s3cret"),
+            "secrets stay out of Debug"
+        );
 
         let sg: TransportConfig =
             toml::from_str("kind = \"sendgrid\"\napi_key = \"SG.x\"").unwrap();
@@ -184,15 +187,33 @@ mod tests {
     #[test]
     fn build_rejects_bad_settings_naming_the_field() {
         let cases = [
-            ("kind = \"sendgrid\"\napi_key = \"k\"\nbase_url = \"ftp://x\"", "base_url"),
-            ("kind = \"sendgrid\"\napi_key = \"k\"\nmax_batch = 1001", "max_batch"),
+            (
+                "kind = \"sendgrid\"\napi_key = \"k\"\nbase_url = \"ftp://x\"",
+                "base_url",
+            ),
+            (
+                "kind = \"sendgrid\"\napi_key = \"k\"\nmax_batch = 1001",
+                "max_batch",
+            ),
             ("kind = \"sendgrid\"\napi_key = \"\"", "api_key"),
-            ("kind = \"sparkpost\"\napi_key = \"k\"\nbase_url = \"not a url\"", "base_url"),
+            (
+                "kind = \"sparkpost\"\napi_key = \"k\"\nbase_url = \"not a url\"",
+                "base_url",
+            ),
             ("kind = \"smtp\"\nhost = \"\"", "host"),
-            ("kind = \"smtp\"\nhost = \"h\"\nusername = \"u\"", "password"),
-            ("kind = \"smtp\"\nhost = \"h\"\nrate_limit_per_second = 0", "rate_limit_per_second"),
+            (
+                "kind = \"smtp\"\nhost = \"h\"\nusername = \"u\"",
+                "password",
+            ),
+            (
+                "kind = \"smtp\"\nhost = \"h\"\nrate_limit_per_second = 0",
+                "rate_limit_per_second",
+            ),
             ("kind = \"smtp\"\nhost = \"h\"\npool_size = 0", "pool_size"),
-            ("kind = \"smtp\"\nhost = \"h\"\nca_file = \"/nonexistent/ca.pem\"", "ca_file"),
+            (
+                "kind = \"smtp\"\nhost = \"h\"\nca_file = \"/nonexistent/ca.pem\"",
+                "ca_file",
+            ),
         ];
         for (toml_text, field) in cases {
             let config: TransportConfig = toml::from_str(toml_text).unwrap();

@@ -154,7 +154,13 @@ impl Transport for SendGridTransport {
             // one message; sending each alone lands the error on the message
             // that caused it instead of failing the others with it.
             let split = members.len() > 1
-                && matches!(&outcome, Err(GroupError { request_rejected: true, .. }));
+                && matches!(
+                    &outcome,
+                    Err(GroupError {
+                        request_rejected: true,
+                        ..
+                    })
+                );
             if split {
                 for &i in &group {
                     let alone = self.send_group(&[&emails[i]]).await;
@@ -342,7 +348,10 @@ mod tests {
             body["personalizations"][0]["to"],
             json!([{"email": "ada@example.com", "name": "Ada"}])
         );
-        assert_eq!(body["personalizations"][1]["custom_args"]["member_id"], "m8");
+        assert_eq!(
+            body["personalizations"][1]["custom_args"]["member_id"],
+            "m8"
+        );
         assert!(body["personalizations"][1].get("headers").is_none());
         assert_eq!(body["content"][0]["type"], "text/plain");
         assert_eq!(body["content"][1]["type"], "text/html");

@@ -3,11 +3,12 @@
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::{AsyncSmtpTransportBuilder, PoolConfig};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
@@ -53,7 +54,7 @@ pub struct SmtpConfig {
     /// Most messages handed to the server per second; unlimited if unset.
     #[serde(default)]
     pub rate_limit_per_second: Option<u32>,
-    /// Time limit for each SMTP command.
+    /// Time limit for connecting, and for handing over one message.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
@@ -76,9 +77,13 @@ impl SmtpConfig {
     }
 }
 
+type Pool = Arc<AsyncSmtpTransport<Tokio1Executor>>;
+
 #[derive(Debug)]
 pub struct SmtpTransport {
-    inner: AsyncSmtpTransport<Tokio1Executor>,
+    builder: AsyncSmtpTransportBuilder,
+    pool: RwLock<Pool>,
+    timeout: Duration,
     limiter: Option<RateLimiter>,
 }
 
@@ -134,14 +139,27 @@ impl SmtpTransport {
         }
         let limiter = match config.rate_limit_per_second {
             None => None,
-            Some(rate) => Some(RateLimiter::new(NonZeroU32::new(rate).ok_or_else(|| {
-                invalid("rate_limit_per_second", "must be at least 1".to_owned())
-            })?)),
+            Some(rate) => Some(RateLimiter::new(NonZeroU32::new(rate).ok_or_else(
+                || invalid("rate_limit_per_second", "must be at least 1".to_owned()),
+            )?)),
         };
         Ok(Self {
-            inner: builder.build(),
+            pool: RwLock::new(Arc::new(builder.clone().build())),
+            builder,
+            timeout: config.timeout,
             limiter,
         })
+    }
+
+    /// Swaps in a fresh pool, unless another send already did. lettre only
+    /// limits the time to connect, so a send is cut short from outside, and
+    /// the connection it was using may still be owed a reply: it must never
+    /// be reused. Dropping the pool closes its connections.
+    fn replace_pool(&self, stale: &Pool) {
+        let mut pool = self.pool.write().unwrap_or_else(PoisonError::into_inner);
+        if Arc::ptr_eq(&pool, stale) {
+            *pool = Arc::new(self.builder.clone().build());
+        }
     }
 }
 
@@ -156,7 +174,21 @@ impl Transport for SmtpTransport {
         if let Some(limiter) = &self.limiter {
             limiter.acquire().await;
         }
-        let response = self.inner.send(message).await.map_err(classify)?;
+        let pool = self
+            .pool
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let response = match tokio::time::timeout(self.timeout, pool.send(message)).await {
+            Ok(sent) => sent.map_err(classify)?,
+            Err(_) => {
+                self.replace_pool(&pool);
+                return Err(SendError::transient(format!(
+                    "SMTP server did not finish accepting the message within {:?}",
+                    self.timeout
+                )));
+            }
+        };
         let reply: Vec<&str> = response.message().collect();
         Ok(SendReceipt {
             provider_message_id: Some(format!("{} {}", response.code(), reply.join(" "))),

@@ -108,7 +108,10 @@ fn request_body(email: &OutgoingEmail) -> Value {
         .iter()
         .flat_map(|u| {
             [
-                ("List-Unsubscribe".to_owned(), json!(escape(&u.header_value()))),
+                (
+                    "List-Unsubscribe".to_owned(),
+                    json!(escape(&u.header_value())),
+                ),
                 (
                     "List-Unsubscribe-Post".to_owned(),
                     json!(crate::message::LIST_UNSUBSCRIBE_POST),
@@ -144,12 +147,12 @@ fn escape(text: &str) -> String {
     while let Some(i) = rest.find(['{', '}']) {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
-        if tail.starts_with("{{") {
+        if let Some(after) = tail.strip_prefix("{{") {
             out.push_str("{{opening_double_curly()}}");
-            rest = &tail[2..];
-        } else if tail.starts_with("}}") {
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("}}") {
             out.push_str("{{closing_double_curly()}}");
-            rest = &tail[2..];
+            rest = after;
         } else {
             out.push_str(&tail[..1]);
             rest = &tail[1..];

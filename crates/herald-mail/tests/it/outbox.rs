@@ -8,9 +8,11 @@ use crate::support::{assert_mime_matches, email};
 async fn writes_one_parseable_eml_per_message_and_resends_overwrite() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("nested/outbox");
-    let config: TransportConfig =
-        toml::from_str(&format!("kind = \"outbox\"\ndir = {:?}", dir.display().to_string()))
-            .unwrap();
+    let config: TransportConfig = toml::from_str(&format!(
+        "kind = \"outbox\"\ndir = {:?}",
+        dir.display().to_string()
+    ))
+    .unwrap();
     let transport = config.build().unwrap();
     assert_eq!(transport.kind(), "outbox");
 
@@ -21,7 +23,11 @@ async fn writes_one_parseable_eml_per_message_and_resends_overwrite() {
         .into_iter()
         .map(|r| r.unwrap().provider_message_id.unwrap())
         .collect();
-    assert!(paths[0].ends_with("alert-1.m1@herald.example.com.eml"), "{}", paths[0]);
+    assert!(
+        paths[0].ends_with("alert-1.m1@herald.example.com.eml"),
+        "{}",
+        paths[0]
+    );
 
     assert_mime_matches(&std::fs::read(&paths[0]).unwrap(), &first);
     assert_mime_matches(&std::fs::read(&paths[1]).unwrap(), &second);
@@ -35,7 +41,10 @@ async fn writes_one_parseable_eml_per_message_and_resends_overwrite() {
     names.sort();
     assert_eq!(
         names,
-        ["alert-1.m1@herald.example.com.eml", "alert-1.m2@herald.example.com.eml"]
+        [
+            "alert-1.m1@herald.example.com.eml",
+            "alert-1.m2@herald.example.com.eml"
+        ]
     );
 }
 
@@ -44,9 +53,11 @@ async fn an_unusable_folder_is_reported_at_build_time() {
     let root = tempfile::tempdir().unwrap();
     let file = root.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
-    let config: TransportConfig =
-        toml::from_str(&format!("kind = \"outbox\"\ndir = {:?}", file.join("sub").display().to_string()))
-            .unwrap();
+    let config: TransportConfig = toml::from_str(&format!(
+        "kind = \"outbox\"\ndir = {:?}",
+        file.join("sub").display().to_string()
+    ))
+    .unwrap();
     let err = config.build().unwrap_err();
     assert!(err.to_string().starts_with("outbox folder"), "{err}");
 }

@@ -41,6 +41,9 @@ impl Reply {
     }
 }
 
+/// Whether an error is the one a scripted reply should produce.
+pub type Expect = fn(&herald_mail::SendError) -> bool;
+
 /// Checks one request; its reply. `n` counts requests from 1.
 pub type Validator = fn(n: usize, headers: &HeaderMap, body: &Value) -> Reply;
 
@@ -118,9 +121,7 @@ async fn handle(
     let reply = scripted.unwrap_or_else(|| (shared.validator)(n, &headers, &parsed));
     let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
     for (name, value) in reply.headers {
-        response
-            .headers_mut()
-            .insert(name, value.parse().unwrap());
+        response.headers_mut().insert(name, value.parse().unwrap());
     }
     response
 }

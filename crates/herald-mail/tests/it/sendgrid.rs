@@ -33,7 +33,11 @@ fn sendgrid(n: usize, headers: &HeaderMap, body: &Value) -> Reply {
         );
     }
     let Some(personalizations) = body["personalizations"].as_array() else {
-        return error(400, "The personalizations field is required.", Some("personalizations"));
+        return error(
+            400,
+            "The personalizations field is required.",
+            Some("personalizations"),
+        );
     };
     if personalizations.is_empty() || personalizations.len() > 1000 {
         return error(
@@ -48,7 +52,11 @@ fn sendgrid(n: usize, headers: &HeaderMap, body: &Value) -> Reply {
     let mut seen = HashSet::new();
     for (i, p) in personalizations.iter().enumerate() {
         let Some(to) = p["to"].as_array().filter(|t| !t.is_empty()) else {
-            return error(400, "The to array is required.", Some(&format!("personalizations.{i}.to")));
+            return error(
+                400,
+                "The to array is required.",
+                Some(&format!("personalizations.{i}.to")),
+            );
         };
         for (j, recipient) in to.iter().enumerate() {
             let field = format!("personalizations.{i}.to.{j}.email");
@@ -68,28 +76,50 @@ fn sendgrid(n: usize, headers: &HeaderMap, body: &Value) -> Reply {
         }
         for key in ["headers", "custom_args"] {
             if let Some(map) = p.get(key) {
-                let strings = map.as_object().is_some_and(|m| m.values().all(Value::is_string));
+                let strings = map
+                    .as_object()
+                    .is_some_and(|m| m.values().all(Value::is_string));
                 if !strings {
-                    return error(400, "Invalid type. Expected: object of strings.", Some(&format!("personalizations.{i}.{key}")));
+                    return error(
+                        400,
+                        "Invalid type. Expected: object of strings.",
+                        Some(&format!("personalizations.{i}.{key}")),
+                    );
                 }
             }
         }
     }
     if body["from"]["email"].as_str().is_none() {
-        return error(400, "The from object must be provided for every email send.", Some("from"));
+        return error(
+            400,
+            "The from object must be provided for every email send.",
+            Some("from"),
+        );
     }
     if body["subject"].as_str().is_none_or(str::is_empty) {
         return error(400, "The subject is required.", Some("subject"));
     }
     let Some(content) = body["content"].as_array().filter(|c| !c.is_empty()) else {
-        return error(400, "Unless a valid template_id is provided, the content parameter is required.", Some("content"));
+        return error(
+            400,
+            "Unless a valid template_id is provided, the content parameter is required.",
+            Some("content"),
+        );
     };
     for (i, part) in content.iter().enumerate() {
         if part["value"].as_str().is_none_or(str::is_empty) {
-            return error(400, "The content value must be a string at least one character in length.", Some(&format!("content.{i}.value")));
+            return error(
+                400,
+                "The content value must be a string at least one character in length.",
+                Some(&format!("content.{i}.value")),
+            );
         }
         if part["type"] == "text/plain" && i != 0 {
-            return error(400, "If present, text/plain must be first.", Some(&format!("content.{i}.type")));
+            return error(
+                400,
+                "If present, text/plain must be first.",
+                Some(&format!("content.{i}.type")),
+            );
         }
     }
     Reply {
@@ -133,7 +163,10 @@ async fn one_message_has_the_documented_shape() {
             "custom_args": {"alert_id": "alert-1", "member_id": "m1", "customer_key": "cust-m1"},
         }])
     );
-    assert_eq!(body["from"], json!({"email": "alerts@shop.example.com", "name": "Shop Alerts"}));
+    assert_eq!(
+        body["from"],
+        json!({"email": "alerts@shop.example.com", "name": "Shop Alerts"})
+    );
     assert_eq!(body["reply_to"], json!({"email": "care@shop.example.com"}));
     assert_eq!(body["subject"], message.subject);
     assert_eq!(
@@ -151,7 +184,11 @@ fn same_content(count: usize) -> Vec<OutgoingEmail> {
     let template = email("x@example.net", "alert-1", "x");
     (0..count)
         .map(|i| {
-            let mut e = email(&format!("member{i}@example.net"), "alert-1", &format!("m{i}"));
+            let mut e = email(
+                &format!("member{i}@example.net"),
+                "alert-1",
+                &format!("m{i}"),
+            );
             e.subject = template.subject.clone();
             e.html = template.html.clone();
             e.text = template.text.clone();
@@ -175,7 +212,10 @@ async fn identical_content_is_batched_up_to_1000_personalizations() {
     assert_eq!(sizes, vec![1000, 1000, 500]);
     for (i, result) in results.iter().enumerate() {
         let expected = format!("sg-msg-{}", i / 1000 + 1);
-        assert_eq!(result.as_ref().unwrap().provider_message_id.as_deref(), Some(expected.as_str()));
+        assert_eq!(
+            result.as_ref().unwrap().provider_message_id.as_deref(),
+            Some(expected.as_str())
+        );
     }
     // Every message's own recipient and custom args went out exactly once.
     let mut members: Vec<String> = requests
@@ -184,7 +224,10 @@ async fn identical_content_is_batched_up_to_1000_personalizations() {
         .map(|p| {
             assert_eq!(p["custom_args"]["alert_id"], "alert-1");
             let member = p["custom_args"]["member_id"].as_str().unwrap().to_owned();
-            assert_eq!(p["to"][0]["email"], format!("member{}@example.net", &member[1..]));
+            assert_eq!(
+                p["to"][0]["email"],
+                format!("member{}@example.net", &member[1..])
+            );
             member
         })
         .collect();
@@ -228,7 +271,9 @@ async fn a_rejected_address_fails_alone_and_is_suppressed() {
         }) => {
             assert!(*suppress_address);
             assert!(
-                reason.contains("Does not contain a valid address. (field personalizations.0.to.0.email)"),
+                reason.contains(
+                    "Does not contain a valid address. (field personalizations.0.to.0.email)"
+                ),
                 "{reason}"
             );
         }
@@ -253,11 +298,18 @@ async fn a_wrong_key_is_permanent_but_not_the_members_fault() {
             Err(SendError::Permanent {
                 reason,
                 suppress_address: false,
-            }) => assert!(reason.contains("401") && reason.contains("authorization grant"), "{reason}"),
+            }) => assert!(
+                reason.contains("401") && reason.contains("authorization grant"),
+                "{reason}"
+            ),
             other => panic!("expected a permanent error, got {other:?}"),
         }
     }
-    assert_eq!(mock.requests().len(), 1, "a 401 is not retried message by message");
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "a 401 is not retried message by message"
+    );
 }
 
 #[tokio::test]
@@ -270,13 +322,14 @@ async fn provider_errors_map_to_retry_or_give_up() {
         .unwrap()
         .as_secs()
         + 600;
-    let cases: Vec<(Reply, fn(&SendError) -> bool)> = vec![
+    let cases: Vec<(Reply, crate::provider::Expect)> = vec![
         (
             error(429, "too many requests", None).with_header("retry-after", "7"),
             |e| matches!(e, SendError::Transient { retry_after: Some(d), .. } if *d == Duration::from_secs(7)),
         ),
         (
-            error(429, "too many requests", None).with_header("x-ratelimit-reset", reset.to_string()),
+            error(429, "too many requests", None)
+                .with_header("x-ratelimit-reset", reset.to_string()),
             |e| matches!(e, SendError::Transient { retry_after: Some(d), .. } if *d > Duration::from_secs(500) && *d <= Duration::from_secs(600)),
         ),
         (
@@ -284,7 +337,11 @@ async fn provider_errors_map_to_retry_or_give_up() {
             |e| matches!(e, SendError::Transient { retry_after: None, reason } if reason.contains("internal error")),
         ),
         (
-            Reply { status: 503, headers: vec![], body: "<html>upstream down</html>".into() },
+            Reply {
+                status: 503,
+                headers: vec![],
+                body: "<html>upstream down</html>".into(),
+            },
             |e| matches!(e, SendError::Transient { reason, .. } if reason.contains("upstream down")),
         ),
         (
@@ -292,13 +349,22 @@ async fn provider_errors_map_to_retry_or_give_up() {
             |e| matches!(e, SendError::Permanent { suppress_address: false, reason } if reason.contains("413")),
         ),
         (
-            error(400, "The from address does not match a verified Sender Identity.", Some("from")),
+            error(
+                400,
+                "The from address does not match a verified Sender Identity.",
+                Some("from"),
+            ),
             |e| matches!(e, SendError::Permanent { suppress_address: false, reason } if reason.contains("verified Sender Identity")),
         ),
-        (
-            error(403, "access forbidden", None),
-            |e| matches!(e, SendError::Permanent { suppress_address: false, .. }),
-        ),
+        (error(403, "access forbidden", None), |e| {
+            matches!(
+                e,
+                SendError::Permanent {
+                    suppress_address: false,
+                    ..
+                }
+            )
+        }),
     ];
     for (reply, expected) in cases {
         let status = reply.status;

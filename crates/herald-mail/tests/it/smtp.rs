@@ -29,7 +29,10 @@ impl CaptureServer {
             Ok(out) if out.status.success() => {}
             Ok(out) => panic!(
                 "the SMTP tests need Python's aiosmtpd: run `python3 -m pip install aiosmtpd` ({})",
-                String::from_utf8_lossy(&out.stderr).trim()
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
             ),
             Err(err) => panic!("the SMTP tests need python3 with aiosmtpd installed: {err}"),
         }
@@ -109,7 +112,13 @@ async fn delivers_multipart_mail_with_all_headers_over_a_pooled_connection() {
         Arc::new(SmtpTransport::new(&config(server.port, SmtpSecurity::None)).unwrap());
     assert_eq!(transport.kind(), "smtp");
     let emails: Vec<_> = (1..=5)
-        .map(|i| email(&format!("member{i}@example.net"), "alert-9", &format!("m{i}")))
+        .map(|i| {
+            email(
+                &format!("member{i}@example.net"),
+                "alert-9",
+                &format!("m{i}"),
+            )
+        })
         .collect();
     // Concurrent sends share the pool.
     let sends = emails.iter().map(|e| {
@@ -118,8 +127,16 @@ async fn delivers_multipart_mail_with_all_headers_over_a_pooled_connection() {
     });
     let receipts = futures::future::join_all(sends).await;
     for receipt in &receipts {
-        let id = receipt.as_ref().unwrap().provider_message_id.clone().unwrap();
-        assert!(id.starts_with("250 ") && id.contains("queued as herald-test-"), "{id}");
+        let id = receipt
+            .as_ref()
+            .unwrap()
+            .provider_message_id
+            .clone()
+            .unwrap();
+        assert!(
+            id.starts_with("250 ") && id.contains("queued as herald-test-"),
+            "{id}"
+        );
     }
 
     let mut received = server.messages();
@@ -182,6 +199,33 @@ async fn an_unreachable_server_is_a_transient_failure() {
         .await
         .unwrap_err();
     assert!(err.is_transient(), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_server_that_stops_answering_is_a_transient_failure() {
+    // Accepts connections and never sends the greeting.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let transport = SmtpTransport::new(&SmtpConfig {
+        timeout: std::time::Duration::from_millis(300),
+        ..config(port, SmtpSecurity::None)
+    })
+    .unwrap();
+    for _ in 0..2 {
+        let err = transport
+            .send(&email("a@example.net", "a1", "m1"))
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        assert!(err.to_string().contains("did not finish"), "{err}");
+    }
+    held.abort();
 }
 
 #[tokio::test]

@@ -32,7 +32,9 @@ fn sparkpost_render(text: &str) -> Result<String, String> {
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or_else(|| "unterminated {{".to_owned())?;
+        let end = after
+            .find("}}")
+            .ok_or_else(|| "unterminated {{".to_owned())?;
         match after[..end].trim() {
             "opening_double_curly()" => out.push_str("{{"),
             "closing_double_curly()" => out.push_str("}}"),
@@ -50,11 +52,21 @@ fn sparkpost(n: usize, headers: &HeaderMap, body: &Value) -> Reply {
         return error(401, "Unauthorized.", None, "1100");
     }
     let Some(recipients) = body["recipients"].as_array().filter(|r| !r.is_empty()) else {
-        return error(422, "required field is missing", Some("recipients is required"), "1400");
+        return error(
+            422,
+            "required field is missing",
+            Some("recipients is required"),
+            "1400",
+        );
     };
     for r in recipients {
         let Some(address) = r["address"]["email"].as_str() else {
-            return error(422, "required field is missing", Some("recipient address.email is required"), "1400");
+            return error(
+                422,
+                "required field is missing",
+                Some("recipient address.email is required"),
+                "1400",
+            );
         };
         if address.ends_with("@rejected.example") {
             return error(
@@ -65,18 +77,38 @@ fn sparkpost(n: usize, headers: &HeaderMap, body: &Value) -> Reply {
             );
         }
         if r.get("metadata").is_some_and(|m| !m.is_object()) {
-            return error(422, "invalid data format/type", Some("metadata must be an object"), "1300");
+            return error(
+                422,
+                "invalid data format/type",
+                Some("metadata must be an object"),
+                "1300",
+            );
         }
     }
     let content = &body["content"];
     if content["from"]["email"].as_str().is_none() {
-        return error(422, "required field is missing", Some("content.from is required"), "1400");
+        return error(
+            422,
+            "required field is missing",
+            Some("content.from is required"),
+            "1400",
+        );
     }
     if content["subject"].as_str().is_none_or(str::is_empty) {
-        return error(422, "required field is missing", Some("content.subject is required"), "1400");
+        return error(
+            422,
+            "required field is missing",
+            Some("content.subject is required"),
+            "1400",
+        );
     }
     if content["html"].as_str().is_none() && content["text"].as_str().is_none() {
-        return error(422, "required field is missing", Some("content.html or content.text is required"), "1400");
+        return error(
+            422,
+            "required field is missing",
+            Some("content.html or content.text is required"),
+            "1400",
+        );
     }
     let mut templated: Vec<(&str, &Value)> = vec![
         ("subject", &content["subject"]),
@@ -92,7 +124,9 @@ fn sparkpost(n: usize, headers: &HeaderMap, body: &Value) -> Reply {
                 return error(
                     422,
                     "substitution language syntax error in template content",
-                    Some(&format!("Error while compiling part {part}: cannot evaluate {expr:?}")),
+                    Some(&format!(
+                        "Error while compiling part {part}: cannot evaluate {expr:?}"
+                    )),
                     "3000",
                 );
             }
@@ -122,7 +156,10 @@ async fn one_transmission_has_the_documented_shape() {
     let mock = MockProvider::start(sparkpost).await;
     let message = email("ada@example.net", "alert-1", "m1");
     let receipt = transport(&mock.base_url).send(&message).await.unwrap();
-    assert_eq!(receipt.provider_message_id.as_deref(), Some("sp-transmission-1"));
+    assert_eq!(
+        receipt.provider_message_id.as_deref(),
+        Some("sp-transmission-1")
+    );
 
     let requests = mock.requests();
     assert_eq!(requests.len(), 1);
@@ -136,7 +173,10 @@ async fn one_transmission_has_the_documented_shape() {
         }])
     );
     let content = &body["content"];
-    assert_eq!(content["from"], json!({"email": "alerts@shop.example.com", "name": "Shop Alerts"}));
+    assert_eq!(
+        content["from"],
+        json!({"email": "alerts@shop.example.com", "name": "Shop Alerts"})
+    );
     assert_eq!(content["subject"], message.subject);
     assert_eq!(content["html"], message.html);
     assert_eq!(content["text"], message.text);
@@ -182,7 +222,14 @@ async fn send_batch_sends_one_transmission_per_message() {
         .into_iter()
         .map(|r| r.unwrap().provider_message_id.unwrap())
         .collect();
-    assert_eq!(ids, ["sp-transmission-1", "sp-transmission-2", "sp-transmission-3"]);
+    assert_eq!(
+        ids,
+        [
+            "sp-transmission-1",
+            "sp-transmission-2",
+            "sp-transmission-3"
+        ]
+    );
     let members: Vec<_> = mock
         .requests()
         .iter()
@@ -204,7 +251,10 @@ async fn provider_errors_map_to_retry_or_give_up() {
         SendError::Permanent {
             reason,
             suppress_address: true,
-        } => assert!(reason.contains("validating recipient address") && reason.contains("code 1300"), "{reason}"),
+        } => assert!(
+            reason.contains("validating recipient address") && reason.contains("code 1300"),
+            "{reason}"
+        ),
         other => panic!("expected a suppressing permanent error, got {other:?}"),
     }
 
@@ -224,7 +274,7 @@ async fn provider_errors_map_to_retry_or_give_up() {
     );
 
     let message = email("ada@example.net", "a1", "m1");
-    let cases: Vec<(Reply, fn(&SendError) -> bool)> = vec![
+    let cases: Vec<(Reply, crate::provider::Expect)> = vec![
         (
             error(420, "Exceed Sending Limit (daily)", None, "2102"),
             |e| matches!(e, SendError::Transient { reason, .. } if reason.contains("Exceed Sending Limit")),
@@ -233,17 +283,32 @@ async fn provider_errors_map_to_retry_or_give_up() {
             error(429, "Too many requests", None, "1000").with_header("retry-after", "3"),
             |e| matches!(e, SendError::Transient { retry_after: Some(d), .. } if *d == Duration::from_secs(3)),
         ),
+        (error(500, "internal error", None, "1500"), |e| {
+            matches!(e, SendError::Transient { .. })
+        }),
         (
-            error(500, "internal error", None, "1500"),
-            |e| matches!(e, SendError::Transient { .. }),
-        ),
-        (
-            error(400, "invalid params", Some("Unverified sending domain"), "7001"),
+            error(
+                400,
+                "invalid params",
+                Some("Unverified sending domain"),
+                "7001",
+            ),
             |e| matches!(e, SendError::Permanent { suppress_address: false, reason } if reason.contains("Unverified sending domain (code 7001)")),
         ),
         (
-            Reply::json(200, json!({"results": {"total_rejected_recipients": 1, "total_accepted_recipients": 0, "id": "x"}})),
-            |e| matches!(e, SendError::Permanent { suppress_address: true, .. }),
+            Reply::json(
+                200,
+                json!({"results": {"total_rejected_recipients": 1, "total_accepted_recipients": 0, "id": "x"}}),
+            ),
+            |e| {
+                matches!(
+                    e,
+                    SendError::Permanent {
+                        suppress_address: true,
+                        ..
+                    }
+                )
+            },
         ),
     ];
     for (reply, expected) in cases {

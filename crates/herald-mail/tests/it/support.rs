@@ -27,7 +27,11 @@ pub fn template() -> Template {
 pub fn email(to: &str, alert_id: &str, member_id: &str) -> OutgoingEmail {
     let signer = UnsubscribeSigner::new(SIGNING_KEY).unwrap();
     let unsubscribe_url = signer
-        .url("https://herald.example.com/unsubscribe", alert_id, member_id)
+        .url(
+            "https://herald.example.com/unsubscribe",
+            alert_id,
+            member_id,
+        )
         .unwrap();
     let mut ctx = RenderContext::example();
     ctx.member.email = to.to_owned();
@@ -68,10 +72,16 @@ pub fn assert_mime_matches(raw: &[u8], email: &OutgoingEmail) {
     let parsed = mailparse::parse_mail(raw).expect("message parses");
     assert_eq!(header(&parsed, "Subject"), email.subject);
     assert!(email.subject.contains('✨'), "the subject needs encoding");
-    assert_eq!(header(&parsed, "From"), r#""Shop Alerts" <alerts@shop.example.com>"#);
+    assert_eq!(
+        header(&parsed, "From"),
+        r#""Shop Alerts" <alerts@shop.example.com>"#
+    );
     assert!(header(&parsed, "To").contains(&email.to.email.to_string()));
     assert_eq!(header(&parsed, "Reply-To"), "care@shop.example.com");
-    assert_eq!(header(&parsed, "Message-ID"), format!("<{}>", email.message_id));
+    assert_eq!(
+        header(&parsed, "Message-ID"),
+        format!("<{}>", email.message_id)
+    );
     assert!(parsed.headers.get_first_value("Date").is_some());
 
     let unsub = header(&parsed, "List-Unsubscribe");
@@ -80,18 +90,33 @@ pub fn assert_mime_matches(raw: &[u8], email: &OutgoingEmail) {
         .and_then(|s| s.split_once('>'))
         .map(|(url, _)| url.to_owned())
         .expect("List-Unsubscribe starts with <url>");
-    assert!(url.starts_with("https://herald.example.com/unsubscribe/"), "{url}");
-    assert!(unsub.ends_with(", <mailto:unsubscribe@shop.example.com>"), "{unsub}");
+    assert!(
+        url.starts_with("https://herald.example.com/unsubscribe/"),
+        "{url}"
+    );
+    assert!(
+        unsub.ends_with(", <mailto:unsubscribe@shop.example.com>"),
+        "{unsub}"
+    );
     let token = url.rsplit('/').next().unwrap();
-    let claim = UnsubscribeSigner::new(SIGNING_KEY).unwrap().verify(token).unwrap();
+    let claim = UnsubscribeSigner::new(SIGNING_KEY)
+        .unwrap()
+        .verify(token)
+        .unwrap();
     assert_eq!(claim.alert_id, email.custom_args["alert_id"]);
     assert_eq!(claim.member_id, email.custom_args["member_id"]);
     assert_eq!(
         header(&parsed, "List-Unsubscribe-Post"),
         "List-Unsubscribe=One-Click"
     );
-    assert_eq!(header(&parsed, "X-Herald-Alert-Id"), email.custom_args["alert_id"]);
-    assert_eq!(header(&parsed, "X-Herald-Member-Id"), email.custom_args["member_id"]);
+    assert_eq!(
+        header(&parsed, "X-Herald-Alert-Id"),
+        email.custom_args["alert_id"]
+    );
+    assert_eq!(
+        header(&parsed, "X-Herald-Member-Id"),
+        email.custom_args["member_id"]
+    );
     assert_eq!(
         header(&parsed, "X-Herald-Customer-Key"),
         email.custom_args["customer_key"]
@@ -107,6 +132,9 @@ pub fn assert_mime_matches(raw: &[u8], email: &OutgoingEmail) {
     assert_eq!(body(text).trim_end(), email.text.trim_end());
     assert_eq!(body(html).trim_end(), email.html.trim_end());
     // The rendered HTML reached the wire with its CSS inlined.
-    assert!(html.get_body().unwrap().contains("style=\"color: #c00"), "CSS inlined");
+    assert!(
+        html.get_body().unwrap().contains("style=\"color: #c00"),
+        "CSS inlined"
+    );
     assert!(text.get_body().unwrap().contains("Acme: up to 50% off"));
 }

@@ -16,6 +16,14 @@ CREATE TABLE bus_queues (
 -- seq orders messages: new rows, redriven ones and dead letters all go to the
 -- back. queue_id has no foreign key on purpose: checking it on every insert
 -- costs throughput, and delete_queue removes the rows itself.
+--
+-- A message can be received once ready_at and lease_until have both passed
+-- (and it is not held). A delivery only rewrites lease_until, receipt,
+-- receive_count and first_received_at, none of them indexed, and rows are
+-- inserted with same-sized placeholders in those columns, so SQLite
+-- overwrites the row in place and a lease costs no index work. The price:
+-- receive steps over messages leased at the front of a queue, which stay few
+-- while consumers ack what they receive.
 CREATE TABLE bus_messages (
     seq               INTEGER PRIMARY KEY,
     queue_id          INTEGER NOT NULL,
@@ -28,19 +36,23 @@ CREATE TABLE bus_messages (
     -- queue: only a group's head may be received. Kept by the triggers below.
     held              INTEGER NOT NULL DEFAULT 0,
     sent_at           INTEGER NOT NULL,
-    visible_at        INTEGER NOT NULL,
+    -- End of the send delay, or of a nack's delay.
+    ready_at          INTEGER NOT NULL,
+    -- End of the current delivery's visibility; in the past when not leased.
+    lease_until       INTEGER NOT NULL,
+    -- Random token of the current delivery. A nack replaces it with a fresh
+    -- token never handed out, so no receipt matches any more.
+    receipt           INTEGER NOT NULL,
     receive_count     INTEGER NOT NULL DEFAULT 0,
-    first_received_at INTEGER,
-    -- Random token of the current delivery; NULL when not received, or
-    -- nacked since.
-    receipt           INTEGER,
+    -- Meaningful once receive_count > 0.
+    first_received_at INTEGER NOT NULL,
     -- JSON DeadLetterInfo for a message moved to a dead-letter queue.
     dead_letter       TEXT
 );
 
--- One index serves receive (queue, held = 0, visible_at, then seq as the
--- implicit rowid), the wake-up time of long polls, and per-queue scans.
-CREATE INDEX bus_messages_ready ON bus_messages (queue_id, held, visible_at);
+-- Serves receive (queue, held = 0, ready_at, then seq as the implicit rowid),
+-- the wake-up time of long polls, and per-queue scans.
+CREATE INDEX bus_messages_ready ON bus_messages (queue_id, held, ready_at);
 
 CREATE INDEX bus_messages_group ON bus_messages (queue_id, group_key)
     WHERE group_key IS NOT NULL;

@@ -18,7 +18,8 @@ fn herald_cmd(data: &std::path::Path) -> Command {
             cmd.env_remove(key);
         }
     }
-    cmd.current_dir(data).env("HERALD_STORE__DATA_DIR", data.join("data"));
+    cmd.current_dir(data)
+        .env("HERALD_STORE__DATA_DIR", data.join("data"));
     cmd
 }
 
@@ -36,7 +37,12 @@ fn version_and_help() {
     let out = herald(dir.path(), &["--version"]);
     assert!(out.status.success());
     assert!(stdout(&out).starts_with("herald "), "{}", stdout(&out));
-    for args in [&["--help"][..], &["queues", "--help"], &["serve", "--help"], &["bench", "bus", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["queues", "--help"],
+        &["serve", "--help"],
+        &["bench", "bus", "--help"],
+    ] {
         let out = herald(dir.path(), args);
         assert!(out.status.success(), "{args:?}");
         assert!(stdout(&out).contains("Usage:"), "{args:?}");
@@ -66,13 +72,19 @@ fn invalid_configuration_exits_with_one_line_naming_the_key() {
 fn config_show_masks_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let out = herald_cmd(dir.path())
-        .env("HERALD_STORE__URL", "postgres://herald:hunter2@db.internal/herald")
+        .env(
+            "HERALD_STORE__URL",
+            "postgres://herald:hunter2@db.internal/herald",
+        )
         .args(["config", "show"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let shown = stdout(&out);
-    assert!(shown.contains("postgres://herald:***@db.internal/herald"), "{shown}");
+    assert!(
+        shown.contains("postgres://herald:***@db.internal/herald"),
+        "{shown}"
+    );
     assert!(!shown.contains("hunter2"));
 }
 
@@ -82,18 +94,31 @@ fn queue_commands_work_on_the_embedded_bus() {
     let out = herald(dir.path(), &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = herald(dir.path(), &["migrate"]);
-    assert!(out.status.success(), "migrating twice is a no-op: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "migrating twice is a no-op: {}",
+        stderr(&out)
+    );
 
-    let out = herald(dir.path(), &["queues", "create", "jobs", "--max-receives", "1"]);
+    let out = herald(
+        dir.path(),
+        &["queues", "create", "jobs", "--max-receives", "1"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     for body in ["first", "second"] {
-        let out = herald(dir.path(), &["queues", "send", "jobs", body, "-a", "kind=test"]);
+        let out = herald(
+            dir.path(),
+            &["queues", "send", "jobs", body, "-a", "kind=test"],
+        );
         assert!(out.status.success(), "{}", stderr(&out));
     }
 
     let out = herald(dir.path(), &["queues", "list"]);
     let table = stdout(&out);
-    let row = table.lines().find(|l| l.starts_with("jobs ")).expect("jobs listed");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("jobs "))
+        .expect("jobs listed");
     assert_eq!(row.split_whitespace().nth(1), Some("2"), "{table}");
 
     let out = herald(dir.path(), &["queues", "peek", "jobs", "--max", "1"]);
@@ -119,7 +144,17 @@ fn queue_commands_work_on_the_embedded_bus() {
 #[test]
 fn api_keys_are_shown_once_and_can_be_revoked() {
     let dir = tempfile::tempdir().unwrap();
-    let out = herald(dir.path(), &["keys", "create", "--name", "shard-3", "--scope", "queues:shard-3.,read-only"]);
+    let out = herald(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--name",
+            "shard-3",
+            "--scope",
+            "queues:shard-3.,read-only",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let token = stdout(&out).trim().to_owned();
     assert!(token.starts_with("hk_"), "{token}");
@@ -127,7 +162,10 @@ fn api_keys_are_shown_once_and_can_be_revoked() {
 
     let out = herald(dir.path(), &["keys", "list"]);
     let listing = stdout(&out);
-    assert!(listing.contains("shard-3") && listing.contains("active"), "{listing}");
+    assert!(
+        listing.contains("shard-3") && listing.contains("active"),
+        "{listing}"
+    );
     assert!(!listing.contains(&token), "the secret is never listed");
     let id = listing
         .lines()
@@ -141,7 +179,10 @@ fn api_keys_are_shown_once_and_can_be_revoked() {
     let out = herald(dir.path(), &["keys", "list"]);
     assert!(stdout(&out).contains("revoked"), "{}", stdout(&out));
 
-    let out = herald(dir.path(), &["keys", "create", "--name", "x", "--scope", "superuser"]);
+    let out = herald(
+        dir.path(),
+        &["keys", "create", "--name", "x", "--scope", "superuser"],
+    );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("superuser"), "{}", stderr(&out));
 }
@@ -157,7 +198,11 @@ fn redrive_without_a_destination_needs_a_dlq_name() {
 #[test]
 fn serve_stops_gracefully_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let address = format!("127.0.0.1:{port}");
     let mut child = herald_cmd(dir.path())
         .args(["serve", "--listen", &address])
@@ -172,15 +217,31 @@ fn serve_stops_gracefully_on_sigterm() {
             break;
         }
         assert!(Instant::now() < deadline, "herald serve never listened");
-        assert!(child.try_wait().unwrap().is_none(), "herald serve exited early");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "herald serve exited early"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(dir.path().join("data/herald.db").exists(), "the embedded database is created");
+    assert!(
+        dir.path().join("data/herald.db").exists(),
+        "the embedded database is created"
+    );
 
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let output = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "exit status {:?}: {log}", output.status);
-    assert!(log.contains("SIGTERM received") && log.contains("stopped"), "{log}");
+    assert!(
+        output.status.success(),
+        "exit status {:?}: {log}",
+        output.status
+    );
+    assert!(
+        log.contains("SIGTERM received") && log.contains("stopped"),
+        "{log}"
+    );
 }

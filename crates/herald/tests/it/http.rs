@@ -45,7 +45,9 @@ async fn metrics_show_requests_and_queue_depths() {
     let app = spawn_app().await;
     let queue = QueueName::parse("metrics-probe").unwrap();
     let bus = &app.backends.bus;
-    bus.ensure_queue(&queue, QueueConfig::default()).await.unwrap();
+    bus.ensure_queue(&queue, QueueConfig::default())
+        .await
+        .unwrap();
     bus.send(&queue, OutgoingMessage::new("a")).await.unwrap();
     bus.send(&queue, OutgoingMessage::new("b")).await.unwrap();
     assert_eq!(app.get("/healthz").await.status(), 200);
@@ -54,13 +56,20 @@ async fn metrics_show_requests_and_queue_depths() {
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     assert!(
-        text.lines().any(|l| l.starts_with("herald_queue_visible{queue=\"metrics-probe\"} 2")),
+        text.lines()
+            .any(|l| l.starts_with("herald_queue_visible{queue=\"metrics-probe\"} 2")),
         "{text}"
     );
-    assert!(text.contains("herald_queue_dead_lettered{queue=\"metrics-probe\"} 0"), "{text}");
+    assert!(
+        text.contains("herald_queue_dead_lettered{queue=\"metrics-probe\"} 0"),
+        "{text}"
+    );
     assert!(text.contains("herald_http_requests_total{"), "{text}");
     assert!(text.contains("route=\"/healthz\""), "{text}");
-    assert!(text.contains("herald_http_request_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("herald_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
     app.stop().await;
 }
 
