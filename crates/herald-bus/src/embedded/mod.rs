@@ -379,6 +379,35 @@ async fn insert_messages(
 /// Live dedup records for the keys of `messages`: key → first message id.
 /// Also drops a bounded number of expired records, so the table stays small
 /// without a sweeper.
+/// Moves the messages `seqs_json` names to the queue `target_id`, in their
+/// order, and deletes the originals. A dead-letter move keeps the delivery
+/// history (`keep_history`); a redrive starts it afresh.
+async fn move_messages(
+    tx: &mut Transaction<'_, Sqlite>,
+    operation: &'static str,
+    target_id: i64,
+    now: Timestamp,
+    dead_letter: Option<String>,
+    seqs_json: &str,
+    keep_history: bool,
+) -> BusResult<()> {
+    sqlx::query(MOVE_MESSAGES)
+        .bind(target_id)
+        .bind(now.0)
+        .bind(dead_letter)
+        .bind(seqs_json)
+        .bind(keep_history)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err(operation))?;
+    sqlx::query(DELETE_SEQS)
+        .bind(seqs_json)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err(operation))?;
+    Ok(())
+}
+
 async fn known_dedup_keys(
     conn: &mut SqliteConnection,
     operation: &'static str,
@@ -546,20 +575,7 @@ impl EmbeddedBus {
         };
         let info = serde_json::to_string(&info).map_err(|e| corrupt(OP, e))?;
         let seqs_json = serde_json::to_string(&seqs).map_err(|e| corrupt(OP, e))?;
-        sqlx::query(MOVE_MESSAGES)
-            .bind(dlq_id)
-            .bind(now.0)
-            .bind(info)
-            .bind(&seqs_json)
-            .bind(true)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err(OP))?;
-        sqlx::query(DELETE_SEQS)
-            .bind(&seqs_json)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err(OP))?;
+        move_messages(&mut tx, OP, dlq_id, now, Some(info), &seqs_json, true).await?;
         tx.commit().await.map_err(db_err(OP))?;
         tracing::info!(
             queue = %queue,
@@ -1057,20 +1073,7 @@ impl Bus for EmbeddedBus {
             return Ok(0);
         }
         let seqs_json = serde_json::to_string(&seqs).map_err(|e| corrupt(OP, e))?;
-        sqlx::query(MOVE_MESSAGES)
-            .bind(target.id)
-            .bind(now.0)
-            .bind(None::<String>)
-            .bind(&seqs_json)
-            .bind(false)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err(OP))?;
-        sqlx::query(DELETE_SEQS)
-            .bind(&seqs_json)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err(OP))?;
+        move_messages(&mut tx, OP, target.id, now, None, &seqs_json, false).await?;
         tx.commit().await.map_err(db_err(OP))?;
         self.wake(to.as_str());
         Ok(seqs.len() as u64)
