@@ -82,14 +82,6 @@ impl Roles {
             Roles(roles.iter().copied().collect())
         }
     }
-
-    pub fn contains(&self, role: Role) -> bool {
-        self.0.contains(&role)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = Role> + '_ {
-        self.0.iter().copied()
-    }
 }
 
 impl fmt::Display for Roles {

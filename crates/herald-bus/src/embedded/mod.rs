@@ -34,7 +34,7 @@ mod writer;
 
 use self::sql::{
     ack_all_sql, ack_sql, insert_sql, send_sql, Packed, SendShape, DELETE_SEQS, LEASED_SEQS,
-    MOVE_MESSAGES, NEXT_VISIBLE, QUEUE_BY_NAME, RECEIVE,
+    MOVE_MESSAGES, NEXT_VISIBLE, QUEUE_BY_NAME, RECEIVE, TOPIC_SUBSCRIPTIONS,
 };
 use self::writer::{Writer, WriterConn};
 use crate::{
@@ -1207,14 +1207,11 @@ impl Bus for EmbeddedBus {
         const OP: &str = "subscriptions";
         let mut conn = self.db.reader.acquire().await.map_err(db_err(OP))?;
         check_topic(&mut conn, OP, topic).await?;
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT q.name, s.filter FROM bus_subscriptions s \
-             JOIN bus_queues q ON q.id = s.queue_id WHERE s.topic = ?1 ORDER BY q.name",
-        )
-        .bind(topic.as_str())
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_err(OP))?;
+        let rows: Vec<(String, String)> = sqlx::query_as(TOPIC_SUBSCRIPTIONS)
+            .bind(topic.as_str())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_err(OP))?;
         rows.into_iter()
             .map(|(queue, filter)| {
                 Ok(Subscription {
@@ -1237,14 +1234,11 @@ impl Bus for EmbeddedBus {
         let mut conn = self.writer(OP).await?;
         let mut tx = begin(&mut conn, OP).await?;
         check_topic(&mut tx, OP, topic).await?;
-        let subs: Vec<(String, String)> = sqlx::query_as(
-            "SELECT q.name, s.filter FROM bus_subscriptions s \
-             JOIN bus_queues q ON q.id = s.queue_id WHERE s.topic = ?1 ORDER BY q.name",
-        )
-        .bind(topic.as_str())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err(OP))?;
+        let subs: Vec<(String, String)> = sqlx::query_as(TOPIC_SUBSCRIPTIONS)
+            .bind(topic.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
         // Copies per message, so the ids come back message by message.
         let mut copies: Vec<Vec<MessageId>> = vec![Vec::new(); messages.len()];
         let mut targets = Vec::new();

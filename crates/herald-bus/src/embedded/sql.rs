@@ -209,6 +209,10 @@ pub(super) const LEASED_SEQS: &str = "SELECT m.seq FROM json_each(?1) j \
      JOIN bus_messages m ON m.seq = j.value ->> 0 AND m.receipt = j.value ->> 1 \
      WHERE m.queue_id = ?2 ORDER BY m.seq";
 
+/// A topic's subscriptions as (queue name, filter JSON), by queue name.
+pub(super) const TOPIC_SUBSCRIPTIONS: &str = "SELECT q.name, s.filter FROM bus_subscriptions s \
+     JOIN bus_queues q ON q.id = s.queue_id WHERE s.topic = ?1 ORDER BY q.name";
+
 #[cfg(test)]
 mod tests {
     use super::*;
