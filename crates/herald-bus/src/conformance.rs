@@ -8,10 +8,12 @@
 //! ```
 //!
 //! The factory returns the bus and a guard kept alive for the test (a
-//! temporary folder, a server handle). Each clause names its queues and
-//! topics with a random prefix, so backends shared between tests (one NATS
-//! server, one PostgreSQL database) keep the tests apart. Timings are short
-//! and only ever bounded loosely, so a loaded machine cannot fail a clause.
+//! temporary folder, a server handle), or an `Option` of the pair when the
+//! backend may be unavailable: `None` skips the clause, the factory having
+//! said why. Each clause names its queues and topics with a random prefix, so
+//! backends shared between tests (one NATS server, one PostgreSQL database)
+//! keep the tests apart. Timings are short and only ever bounded loosely, so
+//! a loaded machine cannot fail a clause.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,11 +70,37 @@ macro_rules! bus_conformance_suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $clause() {
-                let (bus, _guard) = $factory().await;
+                let fresh = $crate::conformance::FreshBus::into_bus($factory().await);
+                let Some((bus, _guard)) = fresh else { return };
                 $crate::conformance::$clause(bus).await;
             }
         )*
     };
+}
+
+/// What a suite factory returns: the bus and a guard to keep alive for the
+/// clause, or `None` when the backend is unavailable and the clause is
+/// skipped.
+pub trait FreshBus {
+    type Guard;
+
+    fn into_bus(self) -> Option<(Arc<dyn Bus>, Self::Guard)>;
+}
+
+impl<G> FreshBus for (Arc<dyn Bus>, G) {
+    type Guard = G;
+
+    fn into_bus(self) -> Option<(Arc<dyn Bus>, G)> {
+        Some(self)
+    }
+}
+
+impl<G> FreshBus for Option<(Arc<dyn Bus>, G)> {
+    type Guard = G;
+
+    fn into_bus(self) -> Option<(Arc<dyn Bus>, G)> {
+        self
+    }
 }
 
 /// Names unique to one clause run.

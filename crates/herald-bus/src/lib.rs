@@ -1,5 +1,6 @@
 //! Queues and topics: the [`Bus`] contract every backend implements, the
-//! embedded SQLite backend, and the conformance suite each backend runs.
+//! embedded SQLite backend, the PostgreSQL backend, and the conformance suite
+//! each backend runs.
 //!
 //! The contract (see DESIGN.md, "The bus contract") behaves like SQS standard
 //! queues fed by SNS topics, with the rough edges removed: delays of any
@@ -20,9 +21,11 @@ pub mod bench;
 pub mod conformance;
 pub mod embedded;
 pub mod filter;
+pub mod postgres;
 
 pub use embedded::EmbeddedBus;
 pub use filter::{Condition, FilterPolicy};
+pub use postgres::PostgresBus;
 
 /// Message attributes: small string key/values that filters match on.
 pub type Attributes = BTreeMap<String, String>;

@@ -5,6 +5,7 @@
 pub mod alert;
 pub mod api_key;
 pub mod cadence;
+pub mod catalog;
 pub mod email_event;
 pub mod names;
 pub mod providers;

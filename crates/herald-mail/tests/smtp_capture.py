@@ -2,15 +2,17 @@
 """A capturing SMTP server for herald-mail's tests (needs `pip install aiosmtpd`).
 
 usage: smtp_capture.py OUT_DIR [--starttls CERT KEY | --implicit-tls CERT KEY]
-                               [--auth USER PASSWORD]
+                               [--auth USER PASSWORD] [--delay SECONDS]
 
 Listens on a free port of 127.0.0.1 and prints "PORT <n>" once it accepts
 connections. Each accepted message is written to OUT_DIR as NNNNN.eml (the
 bytes as received) with NNNNN.json beside it (envelope sender, recipients,
-authenticated user). Recipients whose local part starts with "reject" get
+authenticated user). With --delay, each DATA answer waits that long first
+(a slow provider, so a test can kill a sender mid-send). Recipients whose local part starts with "reject" get
 550, those starting with "busy" get 451. Stops when stdin closes.
 """
 
+import asyncio
 import json
 import os
 import socket
@@ -22,8 +24,9 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Capture:
-    def __init__(self, out_dir):
+    def __init__(self, out_dir, delay):
         self.out_dir = out_dir
+        self.delay = delay
         self.count = 0
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -36,6 +39,8 @@ class Capture:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.delay:
+            await asyncio.sleep(self.delay)
         self.count += 1
         stem = os.path.join(self.out_dir, "%05d" % self.count)
         user = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
@@ -67,6 +72,7 @@ def main(argv):
     args = argv[2:]
     kwargs = {}
     tls = None
+    delay = 0.0
     while args:
         flag = args.pop(0)
         if flag in ("--starttls", "--implicit-tls"):
@@ -87,6 +93,8 @@ def main(argv):
 
             kwargs["authenticator"] = authenticator
             kwargs["auth_required"] = True
+        elif flag == "--delay":
+            delay = float(args.pop(0))
         else:
             raise SystemExit("unknown flag %s" % flag)
     if tls and tls[0] == "--starttls":
@@ -103,7 +111,7 @@ def main(argv):
     # bind; try a few.
     for _ in range(5):
         port = free_port()
-        controller = Controller(Capture(out_dir), hostname="127.0.0.1", port=port, **kwargs)
+        controller = Controller(Capture(out_dir, delay), hostname="127.0.0.1", port=port, **kwargs)
         try:
             controller.start()
             break

@@ -158,6 +158,8 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound { .. } => Self::not_found(e.to_string()),
             StoreError::Conflict { .. } => Self::conflict(e.to_string()),
+            StoreError::InUse { .. } => Self::new(StatusCode::CONFLICT, "in_use", e.to_string()),
+            StoreError::InvalidInput { field, message } => Self::invalid_field(field, message),
             other => Self::unavailable(other),
         }
     }

@@ -21,6 +21,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub mod api;
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -47,6 +49,7 @@ pub struct HttpLimits {
 /// The whole HTTP surface.
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
     let routes = Router::new()
+        .merge(api::routes())
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(telemetry::metrics))

@@ -27,6 +27,10 @@ pub enum StoreError {
     NotFound { what: String },
     #[error("{what} already exists")]
     Conflict { what: String },
+    /// Refused because other data refers to it (a brand with sales, a
+    /// template an alert uses).
+    #[error("{what} is still used by {used_by}")]
+    InUse { what: String, used_by: String },
 }
 
 impl StoreError {
@@ -54,6 +58,13 @@ impl StoreError {
             _ => None,
         }
     }
+}
+
+/// Whether a failed statement broke a foreign key (a row still referenced,
+/// or a reference to a row that does not exist).
+pub(crate) fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_foreign_key_violation())
 }
 
 /// Whether a failed statement broke a unique constraint.

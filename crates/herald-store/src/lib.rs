@@ -8,8 +8,12 @@
 #![forbid(unsafe_code)]
 
 pub mod api_keys;
+pub mod brand_alerts;
+pub mod catalog;
 mod error;
 pub mod leases;
+pub mod members;
+pub mod page;
 pub mod postgres;
 pub mod sqlite;
 mod url;
@@ -20,14 +24,20 @@ use std::sync::Arc;
 use herald_core::{Clock, SystemClock};
 
 pub use api_keys::ApiKeyStore;
+pub use brand_alerts::BrandAlertStore;
+pub use catalog::CatalogStore;
 pub use error::StoreError;
 pub use leases::{Lease, LeaseStore};
+pub use members::MemberStore;
 pub use postgres::PgDb;
 pub use sqlite::SqliteDb;
 pub use url::mask_password;
 
 use api_keys::{postgres::PgApiKeySql, sqlite::SqliteApiKeySql, ApiKeys};
+use brand_alerts::{postgres::PgBrandAlertSql, sqlite::SqliteBrandAlertSql, BrandAlerts};
+use catalog::{postgres::PgCatalogSql, sqlite::SqliteCatalogSql, Catalog};
 use leases::{postgres::PgLeaseSql, sqlite::SqliteLeaseSql, Leases};
+use members::{postgres::PgMemberSql, sqlite::SqliteMemberSql, Members};
 use url::BackendKind;
 
 /// The store: one database and every aggregate on it. Clones share it.
@@ -40,6 +50,9 @@ struct Inner {
     db: Db,
     api_keys: Box<dyn ApiKeyStore>,
     leases: Box<dyn LeaseStore>,
+    brand_alerts: Box<dyn BrandAlertStore>,
+    catalog: Box<dyn CatalogStore>,
+    members: Box<dyn MemberStore>,
 }
 
 enum Db {
@@ -66,7 +79,10 @@ impl Store {
     pub fn from_sqlite(db: SqliteDb, clock: Arc<dyn Clock>) -> Store {
         Self::build(
             Box::new(ApiKeys::new(SqliteApiKeySql(db.clone()), clock.clone())),
-            Box::new(Leases::new(SqliteLeaseSql(db.clone()), clock)),
+            Box::new(Leases::new(SqliteLeaseSql(db.clone()), clock.clone())),
+            Box::new(BrandAlerts::new(SqliteBrandAlertSql(db.clone()), clock.clone())),
+            Box::new(Catalog::new(SqliteCatalogSql(db.clone()), clock.clone())),
+            Box::new(Members::new(SqliteMemberSql(db.clone()), clock)),
             Db::Sqlite(db),
         )
     }
@@ -74,17 +90,30 @@ impl Store {
     pub fn from_postgres(db: PgDb, clock: Arc<dyn Clock>) -> Store {
         Self::build(
             Box::new(ApiKeys::new(PgApiKeySql(db.pool.clone()), clock.clone())),
-            Box::new(Leases::new(PgLeaseSql(db.pool.clone()), clock)),
+            Box::new(Leases::new(PgLeaseSql(db.pool.clone()), clock.clone())),
+            Box::new(BrandAlerts::new(PgBrandAlertSql(db.pool.clone()), clock.clone())),
+            Box::new(Catalog::new(PgCatalogSql(db.pool.clone()), clock.clone())),
+            Box::new(Members::new(PgMemberSql(db.pool.clone()), clock)),
             Db::Postgres(db),
         )
     }
 
-    fn build(api_keys: Box<dyn ApiKeyStore>, leases: Box<dyn LeaseStore>, db: Db) -> Store {
+    fn build(
+        api_keys: Box<dyn ApiKeyStore>,
+        leases: Box<dyn LeaseStore>,
+        brand_alerts: Box<dyn BrandAlertStore>,
+        catalog: Box<dyn CatalogStore>,
+        members: Box<dyn MemberStore>,
+        db: Db,
+    ) -> Store {
         Store {
             inner: Arc::new(Inner {
                 db,
                 api_keys,
                 leases,
+                brand_alerts,
+                catalog,
+                members,
             }),
         }
     }
@@ -142,6 +171,18 @@ impl Store {
 
     pub fn leases(&self) -> &dyn LeaseStore {
         self.inner.leases.as_ref()
+    }
+
+    pub fn brand_alerts(&self) -> &dyn BrandAlertStore {
+        self.inner.brand_alerts.as_ref()
+    }
+
+    pub fn catalog(&self) -> &dyn CatalogStore {
+        self.inner.catalog.as_ref()
+    }
+
+    pub fn members(&self) -> &dyn MemberStore {
+        self.inner.members.as_ref()
     }
 }
 

@@ -5,5 +5,9 @@
 mod harness;
 
 mod api_keys;
+mod brand_alerts;
+mod catalog;
+mod imports;
 mod leases;
 mod lifecycle;
+mod members;

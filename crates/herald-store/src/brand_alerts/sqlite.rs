@@ -1,0 +1,603 @@
+use async_trait::async_trait;
+use herald_core::alert::AlertState;
+use herald_core::catalog::BRAND_ALERTS;
+use herald_core::Timestamp;
+use sqlx::SqliteConnection;
+
+use super::{
+    db_count, plan_claims, AlertRow, AudienceQuery, BrandAlertSql, BuildStep, CandidateRow,
+    ClaimFacts, ClaimOutcome, ClaimRequest, EventCountRow, ListQuery, MissingReference,
+    NewBrandAlert, SendCountRow, SentMessage, Transition, Written, COLUMNS,
+};
+use crate::{SqliteDb, StoreError};
+
+/// Reads go to the reader pool; every write goes through the single writer
+/// connection, multi-statement ones in a `BEGIN IMMEDIATE` transaction that
+/// takes the write lock up front, so a claim's reads and writes cannot
+/// interleave with another claim in this process or another.
+pub(crate) struct SqliteBrandAlertSql(pub SqliteDb);
+
+/// The alert's sale ids in marketing's order, as a JSON array.
+const SALE_IDS: &str = "(SELECT json_group_array(s.sale_id ORDER BY s.position) \
+     FROM brand_alert_sales AS s WHERE s.alert_id = brand_alerts.id) AS sale_ids";
+
+/// The exclusion facts of one member. Parameters: `?1` the email type,
+/// `?2` the cadence window's start, `?3` the alert's id.
+fn exclusion_columns(member: &str, email: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM subscriptions AS s WHERE s.member_id = {member} \
+             AND s.email_type = ?1 AND s.subscribed = 0) AS unsubscribed, \
+         EXISTS (SELECT 1 FROM suppressions AS p WHERE p.address = {email}) AS suppressed, \
+         (SELECT count(*) FROM send_log AS l WHERE l.member_id = {member} \
+             AND l.claimed_at > ?2 AND l.alert_id <> ?3 \
+             AND l.state IN ('claimed', 'released', 'sent')) AS recent_sends"
+    )
+}
+
+/// The audience page. Parameters: `?1`-`?3` as in [`exclusion_columns`],
+/// `?4` the cursor, `?5` the brand ids (JSON), `?6` the threshold, `?7` the
+/// page size.
+///
+/// Drives the scan from `affinities`, clustered by (member_id, brand_id):
+/// one forward pass in member order from the cursor, grouped as it goes, so
+/// LIMIT stops it after one page and the status check happens before the
+/// limit (a run of inactive members never cuts a page short). The unary `+`
+/// keeps the planner off the brand index, whose order would need a sort of
+/// every match before the first row; CROSS JOIN keeps `affinities` the outer
+/// loop. The exclusion subqueries run once per group, as it is output.
+fn audience_sql() -> String {
+    format!(
+        "SELECT a.member_id AS member_id, json_group_array(a.brand_id) AS brand_ids, {} \
+         FROM affinities AS a CROSS JOIN members AS m \
+         WHERE a.member_id > ?4 \
+           AND +a.brand_id IN (SELECT value FROM json_each(?5)) \
+           AND +a.score >= ?6 \
+           AND m.id = a.member_id AND m.status = 'active' \
+         GROUP BY a.member_id \
+         ORDER BY a.member_id \
+         LIMIT ?7",
+        exclusion_columns("a.member_id", "m.email_normalized")
+    )
+}
+
+fn json_array(ids: &[String]) -> String {
+    serde_json::Value::from(ids).to_string()
+}
+
+fn err(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| StoreError::sqlite(e, context)
+}
+
+async fn select_alert(
+    conn: &mut SqliteConnection,
+    id: &str,
+    context: &'static str,
+) -> Result<AlertRow, StoreError> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, {SALE_IDS} FROM brand_alerts WHERE id = ?1"
+    ))
+    .bind(id)
+    .fetch_one(conn)
+    .await
+    .map_err(err(context))
+}
+
+/// The first reference of `content` that does not exist, if any.
+async fn find_missing(
+    conn: &mut SqliteConnection,
+    content: &NewBrandAlert,
+    context: &'static str,
+) -> Result<Option<MissingReference>, StoreError> {
+    let template_exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM templates WHERE id = ?1)")
+            .bind(&content.template_id)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(err(context))?;
+    if !template_exists {
+        return Ok(Some(MissingReference::Template));
+    }
+    let missing_sale: Option<i64> = sqlx::query_scalar(
+        "SELECT min(j.key) FROM json_each(?1) AS j \
+         WHERE NOT EXISTS (SELECT 1 FROM sales AS s WHERE s.id = j.value)",
+    )
+    .bind(json_array(&content.sale_ids))
+    .fetch_one(conn)
+    .await
+    .map_err(err(context))?;
+    Ok(missing_sale.map(|i| MissingReference::Sale(usize::try_from(i).unwrap_or_default())))
+}
+
+async fn insert_sales(
+    conn: &mut SqliteConnection,
+    id: &str,
+    sale_ids: &[String],
+    context: &'static str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO brand_alert_sales (alert_id, sale_id, position) \
+         SELECT ?1, j.value, j.key FROM json_each(?2) AS j",
+    )
+    .bind(id)
+    .bind(json_array(sale_ids))
+    .execute(conn)
+    .await
+    .map_err(err(context))?;
+    Ok(())
+}
+
+#[async_trait]
+impl BrandAlertSql for SqliteBrandAlertSql {
+    const BACKEND: &'static str = crate::sqlite::BACKEND;
+
+    async fn insert(
+        &self,
+        id: &str,
+        content: &NewBrandAlert,
+        now: Timestamp,
+    ) -> Result<Result<AlertRow, MissingReference>, StoreError> {
+        const CONTEXT: &str = "create brand alert";
+        let mut tx = self
+            .0
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err(CONTEXT))?;
+        if let Some(missing) = find_missing(&mut tx, content, CONTEXT).await? {
+            return Ok(Err(missing));
+        }
+        sqlx::query(
+            "INSERT INTO brand_alerts (id, name, subject, template_id, send_at, \
+                 affinity_threshold, transport, state, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+        )
+        .bind(id)
+        .bind(&content.name)
+        .bind(&content.subject)
+        .bind(&content.template_id)
+        .bind(content.send_at.millis())
+        .bind(content.affinity_threshold)
+        .bind(&content.transport)
+        .bind(AlertState::Draft.as_str())
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(err(CONTEXT))?;
+        insert_sales(&mut tx, id, &content.sale_ids, CONTEXT).await?;
+        let row = select_alert(&mut tx, id, CONTEXT).await?;
+        tx.commit().await.map_err(err(CONTEXT))?;
+        Ok(Ok(row))
+    }
+
+    async fn update_content(
+        &self,
+        id: &str,
+        version: i64,
+        content: &NewBrandAlert,
+        now: Timestamp,
+    ) -> Result<Written, StoreError> {
+        const CONTEXT: &str = "update brand alert";
+        let mut tx = self
+            .0
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err(CONTEXT))?;
+        if let Some(missing) = find_missing(&mut tx, content, CONTEXT).await? {
+            return Ok(Written::Missing(missing));
+        }
+        let updated = sqlx::query(
+            "UPDATE brand_alerts SET name = ?2, subject = ?3, template_id = ?4, send_at = ?5, \
+                 affinity_threshold = ?6, transport = ?7, version = version + 1, updated_at = ?8 \
+             WHERE id = ?1 AND version = ?9 AND state = ?10",
+        )
+        .bind(id)
+        .bind(&content.name)
+        .bind(&content.subject)
+        .bind(&content.template_id)
+        .bind(content.send_at.millis())
+        .bind(content.affinity_threshold)
+        .bind(&content.transport)
+        .bind(now.millis())
+        .bind(version)
+        .bind(AlertState::Draft.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(err(CONTEXT))?;
+        if updated.rows_affected() == 0 {
+            return Ok(Written::Stale);
+        }
+        sqlx::query("DELETE FROM brand_alert_sales WHERE alert_id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err(CONTEXT))?;
+        insert_sales(&mut tx, id, &content.sale_ids, CONTEXT).await?;
+        let row = select_alert(&mut tx, id, CONTEXT).await?;
+        tx.commit().await.map_err(err(CONTEXT))?;
+        Ok(Written::Done(row))
+    }
+
+    async fn by_id(&self, id: &str) -> Result<Option<AlertRow>, StoreError> {
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS}, {SALE_IDS} FROM brand_alerts WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.0.reader)
+        .await
+        .map_err(err("read brand alert"))
+    }
+
+    async fn list(&self, query: &ListQuery<'_>) -> Result<Vec<AlertRow>, StoreError> {
+        let (after_send_at, after_id) = query.after.unzip();
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS}, {SALE_IDS} FROM brand_alerts \
+             WHERE (?1 IS NULL OR state = ?1) \
+               AND (?2 IS NULL OR send_at >= ?2) \
+               AND (?3 IS NULL OR send_at < ?3) \
+               AND (?4 IS NULL OR send_at < ?4 OR (send_at = ?4 AND id < ?5)) \
+             ORDER BY send_at DESC, id DESC LIMIT ?6"
+        ))
+        .bind(query.state)
+        .bind(query.send_from)
+        .bind(query.send_until)
+        .bind(after_send_at)
+        .bind(after_id)
+        .bind(i64::from(query.limit) + 1)
+        .fetch_all(&self.0.reader)
+        .await
+        .map_err(err("list brand alerts"))
+    }
+
+    async fn transition(
+        &self,
+        id: &str,
+        change: &Transition<'_>,
+    ) -> Result<Option<AlertRow>, StoreError> {
+        sqlx::query_as(&format!(
+            "UPDATE brand_alerts SET state = ?3, version = version + 1, updated_at = ?4, \
+                 build_started_at = COALESCE(?5, build_started_at), \
+                 build_finished_at = COALESCE(?6, build_finished_at), \
+                 audience_size = CASE WHEN ?6 IS NULL THEN audience_size ELSE enqueued END, \
+                 completed_at = COALESCE(?7, completed_at), \
+                 failure_reason = COALESCE(?8, failure_reason) \
+             WHERE id = ?1 AND state = ?2 \
+             RETURNING {COLUMNS}, {SALE_IDS}"
+        ))
+        .bind(id)
+        .bind(change.from.as_str())
+        .bind(change.to.as_str())
+        .bind(change.now.millis())
+        .bind(change.build_started_at.map(Timestamp::millis))
+        .bind(change.build_finished_at.map(Timestamp::millis))
+        .bind(change.completed_at.map(Timestamp::millis))
+        .bind(change.failure_reason)
+        .fetch_optional(&self.0.writer)
+        .await
+        .map_err(err("change brand alert state"))
+    }
+
+    async fn delete_draft(&self, id: &str) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM brand_alerts WHERE id = ?1 AND state = ?2")
+            .bind(id)
+            .bind(AlertState::Draft.as_str())
+            .execute(&self.0.writer)
+            .await
+            .map_err(err("delete brand alert"))?;
+        Ok(deleted.rows_affected() == 1)
+    }
+
+    async fn send_counts(&self, id: &str) -> Result<Vec<SendCountRow>, StoreError> {
+        sqlx::query_as(
+            "SELECT state, count(*) AS total, sum(possible_duplicate) AS possible_duplicates \
+             FROM send_log WHERE alert_id = ?1 GROUP BY state",
+        )
+        .bind(id)
+        .fetch_all(&self.0.reader)
+        .await
+        .map_err(err("count brand alert sends"))
+    }
+
+    async fn event_counts(&self, id: &str) -> Result<Vec<EventCountRow>, StoreError> {
+        sqlx::query_as(
+            "SELECT event_type, count FROM alert_event_counts WHERE alert_id = ?1 \
+             ORDER BY event_type",
+        )
+        .bind(id)
+        .fetch_all(&self.0.reader)
+        .await
+        .map_err(err("read brand alert event counts"))
+    }
+
+    async fn due(&self, now: Timestamp, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS}, {SALE_IDS} FROM brand_alerts \
+             WHERE (state = ?1 AND send_at <= ?2) OR state = ?3 \
+             ORDER BY send_at, id LIMIT ?4"
+        ))
+        .bind(AlertState::Scheduled.as_str())
+        .bind(now.millis())
+        .bind(AlertState::Building.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.0.reader)
+        .await
+        .map_err(err("find due brand alerts"))
+    }
+
+    async fn record_step(
+        &self,
+        id: &str,
+        step: &BuildStep,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE brand_alerts SET build_cursor = ?2, enqueued = enqueued + ?3, \
+                 excluded_unsubscribed = excluded_unsubscribed + ?4, \
+                 excluded_suppressed = excluded_suppressed + ?5, \
+                 excluded_cadence = excluded_cadence + ?6, \
+                 version = version + 1, updated_at = ?7 \
+             WHERE id = ?1 AND state = ?8 AND (build_cursor IS NULL OR build_cursor < ?2)",
+        )
+        .bind(id)
+        .bind(&step.cursor)
+        .bind(db_count(step.enqueued))
+        .bind(db_count(step.excluded_unsubscribed))
+        .bind(db_count(step.excluded_suppressed))
+        .bind(db_count(step.excluded_cadence))
+        .bind(now.millis())
+        .bind(AlertState::Building.as_str())
+        .execute(&self.0.writer)
+        .await
+        .map_err(err("record brand alert build progress"))?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn audience(&self, query: &AudienceQuery<'_>) -> Result<Vec<CandidateRow>, StoreError> {
+        sqlx::query_as(&audience_sql())
+            .bind(BRAND_ALERTS)
+            .bind(query.window_start.millis())
+            .bind(query.alert_id)
+            .bind(query.after)
+            .bind(json_array(query.brand_ids))
+            .bind(query.threshold)
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.0.reader)
+            .await
+            .map_err(err("read brand alert audience"))
+    }
+
+    async fn classify(
+        &self,
+        alert_id: &str,
+        member_ids: &[String],
+        window_start: Timestamp,
+    ) -> Result<Vec<CandidateRow>, StoreError> {
+        sqlx::query_as(&format!(
+            "SELECT m.id AS member_id, '[]' AS brand_ids, {} \
+             FROM members AS m \
+             WHERE m.id IN (SELECT value FROM json_each(?4)) AND m.status = 'active'",
+            exclusion_columns("m.id", "m.email_normalized")
+        ))
+        .bind(BRAND_ALERTS)
+        .bind(window_start.millis())
+        .bind(alert_id)
+        .bind(json_array(member_ids))
+        .fetch_all(&self.0.reader)
+        .await
+        .map_err(err("classify brand alert members"))
+    }
+
+    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<ClaimOutcome>, StoreError> {
+        const CONTEXT: &str = "claim brand alert sends";
+        let mut tx = self
+            .0
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err(CONTEXT))?;
+        let facts: Vec<ClaimFacts> = sqlx::query_as(&format!(
+            "SELECT j.value AS member_id, m.status AS status, {}, \
+                 l.state AS row_state, l.claim_expires_at, l.attempts \
+             FROM json_each(?4) AS j \
+             LEFT JOIN members AS m ON m.id = j.value \
+             LEFT JOIN send_log AS l ON l.alert_id = ?3 AND l.member_id = j.value",
+            exclusion_columns("j.value", "m.email_normalized")
+        ))
+        .bind(BRAND_ALERTS)
+        .bind(request.window_start.millis())
+        .bind(request.alert_id)
+        .bind(json_array(&request.unique_ids))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err(CONTEXT))?;
+        let (outcomes, writes) = plan_claims(Self::BACKEND, request, facts)?;
+        for write in writes {
+            sqlx::query(
+                "INSERT INTO send_log (alert_id, member_id, state, claimed_at, \
+                     claim_expires_at, attempts, possible_duplicate, finished_at, reason) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT (alert_id, member_id) DO UPDATE SET \
+                     state = excluded.state, claimed_at = excluded.claimed_at, \
+                     claim_expires_at = excluded.claim_expires_at, \
+                     attempts = excluded.attempts, \
+                     possible_duplicate = send_log.possible_duplicate OR excluded.possible_duplicate, \
+                     finished_at = excluded.finished_at, reason = excluded.reason",
+            )
+            .bind(request.alert_id)
+            .bind(&write.member_id)
+            .bind(write.state.as_str())
+            .bind(request.now.millis())
+            .bind(write.claim_expires_at)
+            .bind(write.attempts)
+            .bind(write.possible_duplicate)
+            .bind(write.finished_at)
+            .bind(write.reason)
+            .execute(&mut *tx)
+            .await
+            .map_err(err(CONTEXT))?;
+        }
+        tx.commit().await.map_err(err(CONTEXT))?;
+        Ok(outcomes)
+    }
+
+    async fn confirm(
+        &self,
+        alert_id: &str,
+        sent: &[SentMessage],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        const CONTEXT: &str = "confirm brand alert sends";
+        let mut tx = self
+            .0
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err(CONTEXT))?;
+        for message in sent {
+            sqlx::query(
+                "UPDATE send_log SET state = 'sent', finished_at = ?3, \
+                     provider_message_id = ?4, claim_expires_at = NULL \
+                 WHERE alert_id = ?1 AND member_id = ?2 AND state = 'claimed'",
+            )
+            .bind(alert_id)
+            .bind(&message.member_id)
+            .bind(now.millis())
+            .bind(&message.provider_message_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(err(CONTEXT))?;
+        }
+        tx.commit().await.map_err(err(CONTEXT))
+    }
+
+    async fn release(
+        &self,
+        alert_id: &str,
+        member_id: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE send_log SET state = 'released', claim_expires_at = NULL, reason = ?3 \
+             WHERE alert_id = ?1 AND member_id = ?2 AND state = 'claimed'",
+        )
+        .bind(alert_id)
+        .bind(member_id)
+        .bind(reason)
+        .execute(&self.0.writer)
+        .await
+        .map_err(err("release brand alert send"))?;
+        Ok(())
+    }
+
+    async fn fail(
+        &self,
+        alert_id: &str,
+        member_id: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO send_log (alert_id, member_id, state, claimed_at, claim_expires_at, \
+                 attempts, possible_duplicate, finished_at, reason) \
+             SELECT ?1, ?2, 'failed', ?3, NULL, 1, 0, ?3, ?4 \
+             WHERE EXISTS (SELECT 1 FROM brand_alerts WHERE id = ?1) \
+             ON CONFLICT (alert_id, member_id) DO UPDATE SET state = 'failed', \
+                 claim_expires_at = NULL, finished_at = excluded.finished_at, \
+                 reason = excluded.reason \
+             WHERE send_log.state IN ('claimed', 'released')",
+        )
+        .bind(alert_id)
+        .bind(member_id)
+        .bind(now.millis())
+        .bind(reason)
+        .execute(&self.0.writer)
+        .await
+        .map_err(err("mark brand alert send failed"))?;
+        Ok(())
+    }
+
+    async fn complete(
+        &self,
+        from: AlertState,
+        to: AlertState,
+        now: Timestamp,
+    ) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "UPDATE brand_alerts SET state = ?2, version = version + 1, updated_at = ?3, \
+                 completed_at = ?3 \
+             WHERE state = ?1 AND audience_size IS NOT NULL \
+               AND (SELECT count(*) FROM send_log AS l WHERE l.alert_id = brand_alerts.id \
+                        AND l.state IN ('sent', 'failed', 'skipped')) >= audience_size \
+             RETURNING id",
+        )
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(now.millis())
+        .fetch_all(&self.0.writer)
+        .await
+        .map_err(err("complete brand alerts"))
+    }
+
+    async fn add_events(
+        &self,
+        alert_id: &str,
+        event_type: &str,
+        count: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO alert_event_counts (alert_id, event_type, count) \
+             SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM brand_alerts WHERE id = ?1) \
+             ON CONFLICT (alert_id, event_type) DO UPDATE \
+                 SET count = alert_event_counts.count + excluded.count",
+        )
+        .bind(alert_id)
+        .bind(event_type)
+        .bind(count)
+        .execute(&self.0.writer)
+        .await
+        .map_err(err("count brand alert events"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The audience query must stay one ordered pass: a plan that sorts
+    /// (a temp b-tree) or starts from the brand index reads every match of
+    /// the whole audience for each page.
+    #[tokio::test]
+    async fn audience_plan_is_one_pass_over_the_affinity_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(dir.path().join("plan.db")).await.unwrap();
+        db.migrate().await.unwrap();
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", audience_sql()))
+                .bind(BRAND_ALERTS)
+                .bind(0_i64)
+                .bind("alert")
+                .bind("")
+                .bind(r#"["b1","b2","b3"]"#)
+                .bind(0.5_f64)
+                .bind(1000_i64)
+                .fetch_all(&db.reader)
+                .await
+                .unwrap();
+        let plan: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
+        let text = plan.join("\n");
+        assert!(
+            plan.iter()
+                .any(|d| d.starts_with("SEARCH a USING PRIMARY KEY (member_id>?)")),
+            "{text}"
+        );
+        assert!(
+            plan.iter()
+                .any(|d| d.starts_with("SEARCH m USING INDEX sqlite_autoindex_members_1 (id=?)")),
+            "{text}"
+        );
+        assert!(!text.contains("TEMP B-TREE"), "{text}");
+        assert!(!text.contains("affinities_by_brand"), "{text}");
+        db.close().await;
+    }
+}
