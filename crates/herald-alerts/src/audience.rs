@@ -20,6 +20,7 @@ use herald_core::cadence::CadencePolicy;
 use herald_core::{Clock, QueueName};
 use herald_store::brand_alerts::{AudienceCandidate, BrandAlert, BuildStep, Exclusion};
 use herald_store::{Lease, Store, StoreError};
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use crate::affinity::{AffinityClient, AffinityError, AffinityReader};
@@ -77,6 +78,7 @@ pub struct AudienceJob {
     queue_config: QueueConfig,
     affinity: Option<AffinityClient>,
     clock: Arc<dyn Clock>,
+    queue_ready: OnceCell<()>,
 }
 
 impl std::fmt::Debug for AudienceJob {
@@ -113,13 +115,21 @@ impl AudienceJob {
             queue_config,
             affinity,
             clock,
+            queue_ready: OnceCell::new(),
         })
     }
 
-    /// Creates the email queue and its dead-letter queue if needed.
+    /// Creates (or updates) the email queue and its dead-letter queue, once
+    /// per job; every build does it before enqueuing.
     pub async fn ensure_queue(&self) -> Result<(), BusError> {
-        ensure_email_queue(self.bus.as_ref(), &self.queue_config).await?;
-        Ok(())
+        self.queue_ready
+            .get_or_try_init(|| async {
+                ensure_email_queue(self.bus.as_ref(), &self.queue_config)
+                    .await
+                    .map(drop)
+            })
+            .await
+            .copied()
     }
 
     /// Starts the build of a due alert, or resumes the one in progress.
@@ -149,6 +159,7 @@ impl AudienceJob {
             }
             Err(ContentError::Store(e)) => return Err(e.into()),
         };
+        self.ensure_queue().await?;
         let alert = alerts.start_build(&alert.id, now).await?;
         let cadence = self.store.members().cadence_policy().await?;
         let brand_ids = content.brand_ids();

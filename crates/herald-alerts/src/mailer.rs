@@ -35,7 +35,7 @@ use herald_core::{Clock, QueueName};
 use herald_mail::{SendError, Transport};
 use herald_store::brand_alerts::{BrandAlert, ClaimOutcome, SentMessage};
 use herald_store::{Store, StoreError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -128,6 +128,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     permits: Arc<Semaphore>,
     last_completion: Mutex<Option<Instant>>,
+    queue_ready: OnceCell<()>,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -203,6 +204,7 @@ impl Mailer {
                 dead_letter,
                 clock,
                 last_completion: Mutex::new(None),
+                queue_ready: OnceCell::new(),
             }),
         })
     }
@@ -299,13 +301,19 @@ fn batch_report(done: Result<MailerReport, JoinError>) -> MailerReport {
 }
 
 impl Inner {
+    /// Creates (or updates) the email queue and its dead-letter queue,
+    /// once per mailer.
     async fn prepare(&self) -> Result<(), BusError> {
-        let config = QueueConfig {
-            dead_letter_queue: Some(self.dead_letter.clone()),
-            ..self.queue_config.clone()
-        };
-        ensure_email_queue(self.bus.as_ref(), &config).await?;
-        Ok(())
+        self.queue_ready
+            .get_or_try_init(|| async {
+                let config = QueueConfig {
+                    dead_letter_queue: Some(self.dead_letter.clone()),
+                    ..self.queue_config.clone()
+                };
+                ensure_email_queue(self.bus.as_ref(), &config).await.map(drop)
+            })
+            .await
+            .copied()
     }
 
     async fn process(self: Arc<Self>, deliveries: Vec<Delivery>) -> MailerReport {

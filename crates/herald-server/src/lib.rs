@@ -11,6 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use herald_alerts::Composer;
 use herald_bus::Bus;
 use herald_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -27,6 +28,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod telemetry;
+pub mod unsubscribe;
 
 pub use error::ApiError;
 pub use extract::ApiJson;
@@ -37,6 +39,20 @@ pub struct AppState {
     pub store: Store,
     pub bus: Arc<dyn Bus>,
     pub metrics: PrometheusHandle,
+    /// Renders alerts for previews and test sends, and verifies unsubscribe
+    /// tokens; the mailer uses the same one.
+    pub composer: Arc<Composer>,
+}
+
+impl AppState {
+    pub fn new(store: Store, bus: Arc<dyn Bus>, composer: Arc<Composer>) -> Self {
+        Self {
+            store,
+            bus,
+            metrics: telemetry::prometheus(),
+            composer,
+        }
+    }
 }
 
 /// Limits every request is held to.
@@ -50,6 +66,7 @@ pub struct HttpLimits {
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
     let routes = Router::new()
         .merge(api::routes())
+        .merge(unsubscribe::routes())
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(telemetry::metrics))

@@ -1,12 +1,15 @@
 //! Configuration: the commented defaults compiled into the binary, overlaid by
 //! an optional TOML file, then by `HERALD_<SECTION>__<KEY>` variables.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use herald_alerts::{AudienceSettings, MailerSettings};
+use herald_mail::TransportConfig;
 use herald_store::mask_password;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +26,34 @@ pub struct Config {
     pub store: StoreConfig,
     pub bus: BusConfig,
     pub log: LogConfig,
+    #[serde(default)]
+    pub mailer: MailerSettings,
+    #[serde(default)]
+    pub audience: AudienceSettings,
+    /// Named transports; empty means one `outbox` transport writing under
+    /// `<data_dir>/outbox`.
+    #[serde(default)]
+    pub transports: BTreeMap<String, TransportConfig>,
+    #[serde(default)]
+    pub keys: KeysConfig,
+}
+
+/// Secrets Herald signs with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// The key unsubscribe links are signed with (at least 32 bytes). Every
+    /// process that sends mail or serves `/unsubscribe` needs the same one.
+    /// Empty means the file below.
+    #[serde(default, serialize_with = "mask_nonempty")]
+    pub unsubscribe_key: String,
+    /// Empty means `<data_dir>/unsubscribe.key`, created on first start.
+    #[serde(default)]
+    pub unsubscribe_key_file: Option<PathBuf>,
+}
+
+fn mask_nonempty<S: serde::Serializer>(value: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if value.is_empty() { "" } else { "***" })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,7 +78,10 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BusBackend {
+    /// Queues in the store's SQLite file (all-in-one).
     Embedded,
+    /// Queues in the store's PostgreSQL database (distributed).
+    Postgres,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +180,18 @@ impl Config {
                 "server.request_timeout: must be longer than 0s".into(),
             ));
         }
+        self.mailer
+            .validate()
+            .and_then(|()| self.audience.validate())
+            .map_err(|e| ConfigError(e.to_string()))?;
+        let transports = self.transports();
+        if !transports.contains_key(&self.mailer.default_transport) {
+            return Err(ConfigError(format!(
+                "mailer.default_transport: {:?} is not a configured transport (have: {})",
+                self.mailer.default_transport,
+                transports.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             ConfigError(format!(
                 "log.level: {:?} is not a valid filter: {e}",
@@ -165,6 +211,34 @@ impl Config {
         } else {
             self.store.url.clone()
         }
+    }
+
+    /// The transports in force: the configured ones, or the default outbox.
+    pub fn transports(&self) -> BTreeMap<String, TransportConfig> {
+        if self.transports.is_empty() {
+            herald_alerts::settings::default_transports(&self.store.data_dir)
+        } else {
+            self.transports.clone()
+        }
+    }
+
+    /// The unsubscribe signing key: configured, or read from (and on first
+    /// use written to) its file.
+    pub fn unsubscribe_key(&self) -> Result<Vec<u8>, ConfigError> {
+        if !self.keys.unsubscribe_key.is_empty() {
+            return Ok(self.keys.unsubscribe_key.as_bytes().to_vec());
+        }
+        let path = self
+            .keys
+            .unsubscribe_key_file
+            .clone()
+            .unwrap_or_else(|| self.store.data_dir.join("unsubscribe.key"));
+        herald_alerts::load_or_create_key(&path).map_err(|e| {
+            ConfigError(format!(
+                "keys.unsubscribe_key_file: cannot read or create {}: {e}",
+                path.display()
+            ))
+        })
     }
 
     /// The configuration as TOML with secrets masked.

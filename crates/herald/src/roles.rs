@@ -75,6 +75,10 @@ impl Roles {
         Roles(Role::ALL.into_iter().collect())
     }
 
+    pub fn contains(&self, role: Role) -> bool {
+        self.0.contains(&role)
+    }
+
     pub fn from_list(roles: &[Role]) -> Self {
         if roles.is_empty() {
             Self::all()

@@ -83,7 +83,11 @@ async fn affinities(
     let brands: Vec<&str> = query["brands"].split(',').collect();
     let min_score: f64 = query["min_score"].parse().unwrap();
     let limit: usize = query["limit"].parse().unwrap();
-    let offset: usize = query.get("cursor").map_or(0, |c| c.parse().unwrap());
+    // Keyset pagination: the cursor is the last (member, brand) returned.
+    let cursor = query.get("cursor").map(|c| {
+        let (member, brand) = c.split_once('/').unwrap();
+        (member.to_owned(), brand.to_owned())
+    });
     let matching: Vec<_> = api
         .items
         .iter()
@@ -91,17 +95,20 @@ async fn affinities(
             brands.contains(&b.as_str())
                 && *s >= min_score
                 && query.get("after").is_none_or(|after| m > after)
+                && cursor
+                    .as_ref()
+                    .is_none_or(|(cm, cb)| (m, b) > (cm, cb))
         })
         .collect();
-    let page: Vec<_> = matching
+    let page: Vec<_> = matching.iter().take(limit).collect();
+    let next_cursor = (matching.len() > limit)
+        .then(|| page.last().map(|(m, b, _)| format!("{m}/{b}")))
+        .flatten();
+    let items: Vec<_> = page
         .iter()
-        .skip(offset)
-        .take(limit)
         .map(|(m, b, s)| serde_json::json!({"member_id": m, "brand_id": b, "score": s}))
         .collect();
-    let next = offset + limit;
-    let next_cursor = (next < matching.len()).then(|| next.to_string());
-    axum::Json(serde_json::json!({"items": page, "next_cursor": next_cursor})).into_response()
+    axum::Json(serde_json::json!({"items": items, "next_cursor": next_cursor})).into_response()
 }
 
 /// Serves `api` on a free local port; returns its URL.
@@ -223,7 +230,7 @@ async fn an_http_audience_is_paged_grouped_and_classified(env: TestEnv) {
     assert_eq!(first["min_score"], "0.5");
     assert_eq!(first["limit"], "2");
     assert!(!first.contains_key("after") && !first.contains_key("cursor"));
-    assert_eq!(requests[1].get("cursor").map(String::as_str), Some("2"));
+    assert_eq!(requests[1].get("cursor").map(String::as_str), Some("h01/acme"));
     assert_eq!(requests[1], requests[2], "a retry repeats the request");
     assert_eq!(requests[2], requests[3]);
     let auth = api.requests.lock().unwrap()[0].1.clone();

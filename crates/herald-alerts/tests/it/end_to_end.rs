@@ -127,7 +127,7 @@ async fn every_eligible_member_gets_one_email_listing_their_brands(env: TestEnv)
     assert_eq!(m01.subject, "Your brands are on sale: Acme");
     assert!(m01.html.contains("Hi Ada,"));
     assert!(!m01.html.contains("Globex"), "{}", m01.html);
-    assert_eq!(m01.to.to_string(), "\"Ada Example\" <m01@example.com>");
+    assert_eq!(m01.to.to_string(), "Ada Example <m01@example.com>");
     assert_eq!(m01.custom_args["customer_id"], "m01", "the member id when no customer id");
     assert_eq!(
         m01.message_id,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use herald_alerts::settings::MailerSettings;
 use herald_alerts::{AudienceJob, AudienceSettings, Composer, Mailer, Transports};
-use herald_bus::{Bus, EmbeddedBus, PeekedMessage, QueueConfig};
+use herald_bus::{Bus, BusError, EmbeddedBus, PeekedMessage, QueueConfig};
 use herald_core::alert::{AlertAction, AlertState};
 use herald_core::catalog::{
     AffinityScore, BrandId, CustomerId, EmailAddress, EmailType, HttpUrl, MemberId, MemberStatus,
@@ -387,11 +387,13 @@ impl TestEnv {
         }
     }
 
+    /// The messages on `queue`, oldest first; none if it was never created.
     pub async fn queue_messages(&self, queue: &str) -> Vec<PeekedMessage> {
-        self.bus
-            .peek(&QueueName::parse(queue).unwrap(), 1000)
-            .await
-            .expect("peek")
+        match self.bus.peek(&QueueName::parse(queue).unwrap(), 1000).await {
+            Ok(messages) => messages,
+            Err(BusError::QueueNotFound(_)) => Vec::new(),
+            Err(e) => panic!("peek {queue}: {e}"),
+        }
     }
 }
 

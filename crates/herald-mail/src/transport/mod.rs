@@ -105,7 +105,7 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
 /// password = "..."        # better from HERALD_* or a file
 /// rate_limit_per_second = 20
 /// ```
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TransportConfig {
     Outbox(OutboxConfig),
@@ -126,6 +126,24 @@ pub enum BuildError {
         field: &'static str,
         message: String,
     },
+}
+
+/// Secrets print as `***` when a configuration is shown.
+pub(crate) fn mask_secret<S: serde::Serializer>(
+    _secret: &secrecy::SecretString,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str("***")
+}
+
+pub(crate) fn mask_optional_secret<S: serde::Serializer>(
+    secret: &Option<secrecy::SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => s.serialize_some("***"),
+        None => s.serialize_none(),
+    }
 }
 
 impl TransportConfig {

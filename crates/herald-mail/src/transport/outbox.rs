@@ -8,7 +8,7 @@ use crate::message::OutgoingEmail;
 
 use super::{BuildError, SendError, SendReceipt, Transport};
 
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxConfig {
     /// Folder the `.eml` files are written to; created if missing.

@@ -24,9 +24,10 @@ use super::{BuildError, SendError, SendReceipt, Transport};
 /// SendGrid accepts at most this many personalizations per request.
 pub const MAX_PERSONALIZATIONS: usize = 1000;
 
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendGridConfig {
+    #[serde(serialize_with = "super::mask_secret")]
     pub api_key: SecretString,
     /// `https://api.sendgrid.com`, or `https://api.eu.sendgrid.com` for EU
     /// subusers.

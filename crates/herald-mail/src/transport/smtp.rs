@@ -19,7 +19,7 @@ use crate::message::OutgoingEmail;
 use super::{BuildError, SendError, SendReceipt, Transport};
 
 /// How the connection is protected.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SmtpSecurity {
     /// Plain connection upgraded with STARTTLS, which must succeed (port 587).
@@ -31,7 +31,7 @@ pub enum SmtpSecurity {
     None,
 }
 
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
     pub host: String,
@@ -42,7 +42,7 @@ pub struct SmtpConfig {
     pub security: SmtpSecurity,
     #[serde(default)]
     pub username: Option<String>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "super::mask_optional_secret")]
     pub password: Option<SecretString>,
     /// A PEM file of extra root certificates to trust, for a relay signed
     /// by a private CA.

@@ -20,9 +20,10 @@ use crate::message::OutgoingEmail;
 use super::http;
 use super::{BuildError, SendError, SendReceipt, Transport};
 
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SparkPostConfig {
+    #[serde(serialize_with = "super::mask_secret")]
     pub api_key: SecretString,
     /// `https://api.sparkpost.com`, or `https://api.eu.sparkpost.com`.
     #[serde(default = "default_base_url")]

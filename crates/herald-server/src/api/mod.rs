@@ -18,6 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::AppState;
 
+pub mod alert_delivery;
 pub mod brand_alerts;
 pub mod catalog;
 pub mod members;
@@ -73,6 +74,7 @@ fn split() -> (Router<AppState>, OpenApiDoc) {
         .merge(catalog::routes())
         .merge(members::routes())
         .merge(brand_alerts::routes())
+        .merge(alert_delivery::routes())
         .split_for_parts()
 }
 
