@@ -53,7 +53,9 @@ pub enum AffinityError {
     },
     #[error("affinity API answer is not usable: {0}")]
     Malformed(String),
-    #[error("brand id {0:?} contains a comma, which the affinity API's brands parameter cannot carry")]
+    #[error(
+        "brand id {0:?} contains a comma, which the affinity API's brands parameter cannot carry"
+    )]
     BadBrandId(String),
 }
 
@@ -94,7 +96,12 @@ pub struct PageQuery<'a> {
 }
 
 enum Attempt {
-    Retry { message: String, after: Option<Duration>, status: Option<u16>, body: String },
+    Retry {
+        message: String,
+        after: Option<Duration>,
+        status: Option<u16>,
+        body: String,
+    },
     Fail(AffinityError),
 }
 
@@ -129,17 +136,17 @@ impl AffinityClient {
         let mut delay = self.settings.retry_backoff;
         loop {
             attempts += 1;
-            let (message, after, status, body) =
-                match self.attempt(brands, min_score, query).await {
-                    Ok(page) => return Ok(page),
-                    Err(Attempt::Fail(e)) => return Err(e),
-                    Err(Attempt::Retry {
-                        message,
-                        after,
-                        status,
-                        body,
-                    }) => (message, after, status, body),
-                };
+            let (message, after, status, body) = match self.attempt(brands, min_score, query).await
+            {
+                Ok(page) => return Ok(page),
+                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Retry {
+                    message,
+                    after,
+                    status,
+                    body,
+                }) => (message, after, status, body),
+            };
             if attempts > self.settings.retries {
                 return Err(match status {
                     Some(status) => AffinityError::Status {
@@ -234,7 +241,10 @@ impl AffinityClient {
 
 /// Reads at most `limit + 1` bytes, so an oversized body shows as longer
 /// than `limit` without being held whole.
-async fn read_body(response: &mut reqwest::Response, limit: usize) -> Result<Vec<u8>, reqwest::Error> {
+async fn read_body(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         let room = (limit + 1).saturating_sub(body.len());
@@ -307,7 +317,10 @@ impl AffinityReader {
                 },
                 cursor: cursor.as_deref(),
             };
-            let page = self.client.page(&self.brands, self.min_score, query).await?;
+            let page = self
+                .client
+                .page(&self.brands, self.min_score, query)
+                .await?;
             self.requested = true;
             if page.next_cursor.is_some() && page.next_cursor == cursor {
                 return Err(AffinityError::Malformed(format!(
@@ -420,7 +433,10 @@ mod tests {
     }
 
     fn entry(member: &str, brands: &[&str]) -> (String, Vec<String>) {
-        (member.into(), brands.iter().map(|b| b.to_string()).collect())
+        (
+            member.into(),
+            brands.iter().map(|b| b.to_string()).collect(),
+        )
     }
 
     #[test]
@@ -467,7 +483,10 @@ mod tests {
     fn disorder_and_bad_items_are_refused() {
         let mut r = reader(None);
         let err = r
-            .take_page(page(vec![item("m2", "acme", 0.9), item("m1", "acme", 0.9)], None))
+            .take_page(page(
+                vec![item("m2", "acme", 0.9), item("m1", "acme", 0.9)],
+                None,
+            ))
             .unwrap_err();
         assert!(err.to_string().contains("not ordered"), "{err}");
 
@@ -477,7 +496,10 @@ mod tests {
         let err = r
             .take_page(page(vec![item("m4", "acme", 0.9)], None))
             .unwrap_err();
-        assert!(err.to_string().contains("\"m4\" came after \"m5\""), "{err}");
+        assert!(
+            err.to_string().contains("\"m4\" came after \"m5\""),
+            "{err}"
+        );
 
         for bad in [item("", "acme", 0.9), item("m1", "acme", f64::NAN)] {
             let err = reader(None).take_page(page(vec![bad], None)).unwrap_err();

@@ -135,7 +135,10 @@ impl AudienceJob {
     /// Starts the build of a due alert, or resumes the one in progress.
     /// `Err(outcome)` when there is nothing to build: the alert is not due
     /// or no longer buildable, or its content is gone (the alert then fails).
-    pub async fn open(&self, alert_id: &str) -> Result<Result<AudienceBuild<'_>, BuildOutcome>, AudienceError> {
+    pub async fn open(
+        &self,
+        alert_id: &str,
+    ) -> Result<Result<AudienceBuild<'_>, BuildOutcome>, AudienceError> {
         let alerts = self.store.brand_alerts();
         let Some(alert) = alerts.get(alert_id).await? else {
             return Err(StoreError::NotFound {
@@ -185,7 +188,11 @@ impl AudienceJob {
     }
 
     /// Builds the alert to the end, stopping early when `stop` fires.
-    pub async fn build(&self, alert_id: &str, stop: &CancellationToken) -> Result<BuildOutcome, AudienceError> {
+    pub async fn build(
+        &self,
+        alert_id: &str,
+        stop: &CancellationToken,
+    ) -> Result<BuildOutcome, AudienceError> {
         let mut build = match self.open(alert_id).await? {
             Ok(build) => build,
             Err(outcome) => return Ok(outcome),
@@ -292,7 +299,8 @@ impl AudienceBuild<'_> {
                 match members.last().map(|m| m.member_id.clone()) {
                     None => None,
                     Some(last) => {
-                        let ids: Vec<String> = members.iter().map(|m| m.member_id.clone()).collect();
+                        let ids: Vec<String> =
+                            members.iter().map(|m| m.member_id.clone()).collect();
                         let classified = alerts
                             .classify_members(&self.alert, &ids, &self.cadence, now)
                             .await?;
@@ -333,7 +341,11 @@ impl AudienceBuild<'_> {
         Ok(Step::Batch(step))
     }
 
-    async fn enqueue(&self, candidates: Vec<AudienceCandidate>, last: String) -> Result<BuildStep, AudienceError> {
+    async fn enqueue(
+        &self,
+        candidates: Vec<AudienceCandidate>,
+        last: String,
+    ) -> Result<BuildStep, AudienceError> {
         let job = self.job;
         let mut step = BuildStep {
             cursor: last,
@@ -422,7 +434,10 @@ impl AudienceWorker {
 
     /// Builds every alert due now that no other replica is building;
     /// returns each alert's outcome.
-    pub async fn run_once(&self, shutdown: &CancellationToken) -> Result<Vec<(String, BuildOutcome)>, AudienceError> {
+    pub async fn run_once(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<(String, BuildOutcome)>, AudienceError> {
         let due = self
             .job
             .store
@@ -454,7 +469,12 @@ impl AudienceWorker {
         Ok(outcomes)
     }
 
-    async fn build_holding(&self, alert_id: &str, lease: Lease, shutdown: &CancellationToken) -> Result<BuildOutcome, AudienceError> {
+    async fn build_holding(
+        &self,
+        alert_id: &str,
+        lease: Lease,
+        shutdown: &CancellationToken,
+    ) -> Result<BuildOutcome, AudienceError> {
         let leases = self.job.store.leases();
         let ttl = self.job.settings.lease_ttl;
         let result = async {

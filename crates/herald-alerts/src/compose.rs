@@ -139,10 +139,7 @@ impl Composer {
             from: settings.from.mailbox()?,
             reply_to: settings.reply_to_mailbox()?,
             message_id_domain: settings.message_id_domain.clone(),
-            unsubscribe_base: format!(
-                "{}/unsubscribe",
-                settings.public_url.trim_end_matches('/')
-            ),
+            unsubscribe_base: format!("{}/unsubscribe", settings.public_url.trim_end_matches('/')),
             customer_key: settings.customer_key.clone(),
             contents: ContentCache::new(CONTENT_CACHE_CAPACITY, CONTENT_CACHE_TTL),
             clock,
@@ -188,9 +185,9 @@ impl Composer {
         if brands.is_empty() {
             return Err(ComposeError::NoMatchingBrand(brand_ids.to_vec()));
         }
-        let unsubscribe_url = self
-            .signer
-            .url(&self.unsubscribe_base, &alert.id, &recipient.member_id)?;
+        let unsubscribe_url =
+            self.signer
+                .url(&self.unsubscribe_base, &alert.id, &recipient.member_id)?;
         let context = RenderContext {
             member: MemberContext {
                 first_name: recipient.first_name.clone(),
@@ -240,7 +237,11 @@ impl Composer {
     }
 
     /// The email one member would get, rendered (for the API's preview).
-    pub async fn preview(&self, alert_id: &str, member_id: &str) -> Result<RenderedEmail, PreviewError> {
+    pub async fn preview(
+        &self,
+        alert_id: &str,
+        member_id: &str,
+    ) -> Result<RenderedEmail, PreviewError> {
         let alert = self.alert(alert_id).await?;
         let member = self
             .store

@@ -206,7 +206,10 @@ impl ContentCache {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -254,7 +257,11 @@ mod tests {
     #[test]
     fn a_member_sees_the_sales_of_their_brands_in_alert_order() {
         let c = content("a");
-        let wanted = ["initech".to_owned(), "acme".to_owned(), "unknown".to_owned()];
+        let wanted = [
+            "initech".to_owned(),
+            "acme".to_owned(),
+            "unknown".to_owned(),
+        ];
         let (brands, sales) = c.for_brands(&wanted);
         let names: Vec<_> = brands.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["ACME", "INITECH"]);
@@ -267,7 +274,10 @@ mod tests {
 
     #[test]
     fn timestamps_format_as_rfc3339_seconds() {
-        assert_eq!(rfc3339(Timestamp(1_704_067_200_999)), "2024-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(Timestamp(1_704_067_200_999)),
+            "2024-01-01T00:00:00Z"
+        );
         assert_eq!(rfc3339(Timestamp(-5)), "1970-01-01T00:00:00Z");
     }
 

@@ -28,7 +28,7 @@ pub use compose::{ComposeError, Composer, PreviewError, Recipient, TestSendOutco
 pub use mailer::{Mailer, MailerError, MailerReport};
 pub use queue::{EmailJob, EMAIL_QUEUE};
 pub use settings::{
-    load_or_create_key, AffinitySettings, AudienceSettings, HttpAffinitySettings,
-    MailerSettings, SenderSettings, SettingsError,
+    load_or_create_key, AffinitySettings, AudienceSettings, HttpAffinitySettings, MailerSettings,
+    SenderSettings, SettingsError,
 };
 pub use transports::Transports;

@@ -223,7 +223,11 @@ impl Mailer {
             wait: settings.poll_wait,
             visibility: settings.claim_ttl,
         };
-        tracing::info!(concurrency = settings.concurrency, receive_batch = settings.receive_batch, "mailer started");
+        tracing::info!(
+            concurrency = settings.concurrency,
+            receive_batch = settings.receive_batch,
+            "mailer started"
+        );
         let mut total = MailerReport::default();
         let mut batches: JoinSet<MailerReport> = JoinSet::new();
         loop {
@@ -255,7 +259,10 @@ impl Mailer {
                 }
             }
         }
-        tracing::info!(batches = batches.len(), "mailer stopping: finishing the sends in flight");
+        tracing::info!(
+            batches = batches.len(),
+            "mailer stopping: finishing the sends in flight"
+        );
         while let Some(done) = batches.join_next().await {
             total += batch_report(done);
         }
@@ -310,7 +317,9 @@ impl Inner {
                     dead_letter_queue: Some(self.dead_letter.clone()),
                     ..self.queue_config.clone()
                 };
-                ensure_email_queue(self.bus.as_ref(), &config).await.map(drop)
+                ensure_email_queue(self.bus.as_ref(), &config)
+                    .await
+                    .map(drop)
             })
             .await
             .copied()
@@ -326,7 +335,10 @@ impl Inner {
             match EmailJob::parse(&delivery.body) {
                 Ok(job) => {
                     let pending = Pending { delivery, job };
-                    match groups.iter_mut().find(|(id, _)| *id == pending.job.alert_id) {
+                    match groups
+                        .iter_mut()
+                        .find(|(id, _)| *id == pending.job.alert_id)
+                    {
                         Some((_, items)) => items.push(pending),
                         None => groups.push((pending.job.alert_id.clone(), vec![pending])),
                     }
@@ -347,10 +359,19 @@ impl Inner {
 
     async fn process_alert(&self, alert_id: &str, items: Vec<Pending>, report: &mut MailerReport) {
         let alert = match self.store.brand_alerts().get(alert_id).await {
-            Ok(Some(alert)) if matches!(alert.state, AlertState::Building | AlertState::Sending) => alert,
+            Ok(Some(alert))
+                if matches!(alert.state, AlertState::Building | AlertState::Sending) =>
+            {
+                alert
+            }
             Ok(found) => {
                 let state = found.map(|a| a.state);
-                tracing::debug!(alert_id, ?state, count = items.len(), "dropping messages of an alert that is not sending");
+                tracing::debug!(
+                    alert_id,
+                    ?state,
+                    count = items.len(),
+                    "dropping messages of an alert that is not sending"
+                );
                 report.dropped += items.len() as u64;
                 self.ack(items.iter().map(|p| p.delivery.receipt.clone()).collect())
                     .await;
@@ -402,7 +423,13 @@ impl Inner {
         let outcomes = match self
             .store
             .brand_alerts()
-            .claim_sends(&alert.id, &member_ids, &cadence, self.settings.claim_ttl, now)
+            .claim_sends(
+                &alert.id,
+                &member_ids,
+                &cadence,
+                self.settings.claim_ttl,
+                now,
+            )
             .await
         {
             Ok(outcomes) if outcomes.len() == items.len() => outcomes,
@@ -487,6 +514,8 @@ impl Inner {
             tokio::select! {
                 biased;
                 permit = self.permits.clone().acquire_many_owned(permits), if !waiting.is_empty() => {
+                    // The semaphore is never closed and `waiting` was not
+                    // empty, so this only guards against the impossible.
                     let (Ok(permit), Some(chunk)) = (permit, waiting.pop_front()) else {
                         break;
                     };
@@ -602,7 +631,8 @@ impl Inner {
             Attempt::Store(e) => {
                 tracing::warn!(alert_id, member_id, error = %e, "cannot read the member; retrying later");
                 self.release(alert_id, &member_id, &e.to_string()).await;
-                self.nack(&pending.delivery.receipt, STORE_RETRY_DELAY).await;
+                self.nack(&pending.delivery.receipt, STORE_RETRY_DELAY)
+                    .await;
             }
             Attempt::Failed(SendError::Transient {
                 retry_after,
@@ -652,8 +682,14 @@ impl Inner {
                         .emit();
                     }
                 }
-                self.fail_and_dead_letter(alert_id, &pending, FailureKind::Permanent, &reason, report)
-                    .await;
+                self.fail_and_dead_letter(
+                    alert_id,
+                    &pending,
+                    FailureKind::Permanent,
+                    &reason,
+                    report,
+                )
+                .await;
             }
         }
     }
@@ -696,7 +732,8 @@ impl Inner {
             .await;
         if let Err(e) = marked {
             tracing::warn!(alert_id, member_id, error = %e, "cannot record a failed send; retrying later");
-            self.nack(&pending.delivery.receipt, STORE_RETRY_DELAY).await;
+            self.nack(&pending.delivery.receipt, STORE_RETRY_DELAY)
+                .await;
             return;
         }
         report.failed += 1;
@@ -750,7 +787,9 @@ impl Inner {
             .emit(),
             // Cancelled or failed by someone else meanwhile.
             Err(StoreError::Conflict { .. }) => {}
-            Err(e) => tracing::error!(alert_id, error = %e, reason, "cannot fail an alert that cannot be sent"),
+            Err(e) => {
+                tracing::error!(alert_id, error = %e, reason, "cannot fail an alert that cannot be sent")
+            }
         }
         self.composer.forget(alert_id);
     }
@@ -759,7 +798,8 @@ impl Inner {
     async fn retry_later(&self, alert_id: &str, items: Vec<Pending>, error: &StoreError) {
         tracing::warn!(alert_id, count = items.len(), error = %error, "store unavailable; retrying the messages later");
         for pending in items {
-            self.nack(&pending.delivery.receipt, STORE_RETRY_DELAY).await;
+            self.nack(&pending.delivery.receipt, STORE_RETRY_DELAY)
+                .await;
         }
     }
 
@@ -777,7 +817,9 @@ impl Inner {
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "acking failed; the messages come back and are acked then"),
+            Err(e) => {
+                tracing::warn!(error = %e, "acking failed; the messages come back and are acked then")
+            }
         }
     }
 
@@ -862,7 +904,12 @@ async fn send_chunk(
             }
         };
         let recipient = recipient::from_member(&member);
-        match composer.compose(&send.alert, &send.content, &recipient, &pending.job.brand_ids) {
+        match composer.compose(
+            &send.alert,
+            &send.content,
+            &recipient,
+            &pending.job.brand_ids,
+        ) {
             Ok(email) => {
                 emails.push(email);
                 ready.push((pending, recipient.email));
@@ -885,7 +932,9 @@ async fn send_chunk(
         // A transport owes one result per email; a missing one is treated
         // as a failure to retry rather than as a send.
         results.resize_with(ready.len(), || {
-            Err(SendError::transient("the transport returned no result for this email"))
+            Err(SendError::transient(
+                "the transport returned no result for this email",
+            ))
         });
         for ((pending, address), result) in ready.into_iter().zip(results) {
             finished.push(Finished {
@@ -898,8 +947,5 @@ async fn send_chunk(
             });
         }
     }
-    Chunk {
-        finished,
-        permits,
-    }
+    Chunk { finished, permits }
 }

@@ -67,7 +67,10 @@ pub fn email_queue() -> QueueName {
 
 /// Creates the email queue with `config` (or updates it), and its
 /// dead-letter queue; returns the dead-letter queue's name.
-pub async fn ensure_email_queue(bus: &dyn Bus, config: &QueueConfig) -> Result<QueueName, BusError> {
+pub async fn ensure_email_queue(
+    bus: &dyn Bus,
+    config: &QueueConfig,
+) -> Result<QueueName, BusError> {
     let queue = email_queue();
     let dead_letter = match &config.dead_letter_queue {
         Some(name) => name.clone(),
@@ -130,12 +133,18 @@ mod tests {
         for (body, needle) in [
             (&b"not json"[..], "expected"),
             (br#"{"alert_id":"a","member_id":"m"}"#, "brand_ids"),
-            (br#"{"alert_id":"","member_id":"m","brand_ids":[]}"#, "empty"),
+            (
+                br#"{"alert_id":"","member_id":"m","brand_ids":[]}"#,
+                "empty",
+            ),
             (
                 br#"{"alert_id":"a","member_id":"m","brand_ids":[],"x":1}"#,
                 "unknown field",
             ),
-            (br#"{"alert_id":1,"member_id":"m","brand_ids":[]}"#, "invalid type"),
+            (
+                br#"{"alert_id":1,"member_id":"m","brand_ids":[]}"#,
+                "invalid type",
+            ),
         ] {
             let err = EmailJob::parse(body).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");

@@ -152,7 +152,9 @@ impl MailerSettings {
         }
         let url = self.public_url.to_ascii_lowercase();
         let url_ok = (url.starts_with("https://") || url.starts_with("http://"))
-            && url.split_once("://").is_some_and(|(_, rest)| !rest.is_empty())
+            && url
+                .split_once("://")
+                .is_some_and(|(_, rest)| !rest.is_empty())
             && self.public_url.chars().all(|c| c.is_ascii_graphic());
         if !url_ok {
             return Err(SettingsError::new(
@@ -169,7 +171,9 @@ impl MailerSettings {
         if !key_ok {
             return Err(SettingsError::new(
                 "mailer.customer_key",
-                format!("{key:?} must be 1-64 characters of a-z, 0-9 and '_', starting with a letter"),
+                format!(
+                    "{key:?} must be 1-64 characters of a-z, 0-9 and '_', starting with a letter"
+                ),
             ));
         }
         if [ALERT_ID_ARG, MEMBER_ID_ARG].contains(&key.as_str()) {
@@ -331,7 +335,11 @@ pub struct HttpAffinitySettings {
 impl PartialEq for HttpAffinitySettings {
     fn eq(&self, other: &Self) -> bool {
         use secrecy::ExposeSecret;
-        let token = |s: &Self| s.bearer_token.as_ref().map(|t| t.expose_secret().to_owned());
+        let token = |s: &Self| {
+            s.bearer_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned())
+        };
         self.url == other.url
             && self.page_size == other.page_size
             && self.timeout == other.timeout
@@ -468,9 +476,7 @@ pub fn load_or_create_key(path: &Path) -> std::io::Result<Vec<u8>> {
                     Ok(key.to_vec())
                 }
                 // Another process created it first: use theirs.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    load_or_create_key(path)
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_key(path),
                 Err(e) => Err(e),
             }
         }
@@ -496,7 +502,8 @@ mod duration_list {
         Vec::<String>::deserialize(d)?
             .iter()
             .map(|raw| {
-                humantime::parse_duration(raw).map_err(|e| D::Error::custom(format!("{raw:?}: {e}")))
+                humantime::parse_duration(raw)
+                    .map_err(|e| D::Error::custom(format!("{raw:?}: {e}")))
             })
             .collect()
     }
@@ -558,7 +565,10 @@ mod tests {
         let s = parse(text).unwrap();
         s.mailer.validate().unwrap();
         s.audience.validate().unwrap();
-        assert_eq!(s.mailer.from.mailbox().unwrap().to_string(), "Shop <alerts@shop.example.com>");
+        assert_eq!(
+            s.mailer.from.mailbox().unwrap().to_string(),
+            "Shop <alerts@shop.example.com>"
+        );
         assert_eq!(
             s.mailer.retry_backoff,
             vec![Duration::from_millis(100), Duration::from_secs(1)]
@@ -583,7 +593,8 @@ mod tests {
 
     #[test]
     fn http_source_fields_default() {
-        let s = parse("[audience.affinity]\nsource = \"http\"\nurl = \"https://a.example/x\"").unwrap();
+        let s =
+            parse("[audience.affinity]\nsource = \"http\"\nurl = \"https://a.example/x\"").unwrap();
         assert_eq!(
             s.audience.affinity,
             AffinitySettings::Http(HttpAffinitySettings::new("https://a.example/x"))
@@ -595,12 +606,18 @@ mod tests {
         for (text, needle) in [
             ("[mailer]\nconcurency = 3", "concurency"),
             ("[audience]\nbatch = 3", "batch"),
-            ("[mailer]\nfrom = { address = \"a@b.c\", nmae = \"x\" }", "nmae"),
+            (
+                "[mailer]\nfrom = { address = \"a@b.c\", nmae = \"x\" }",
+                "nmae",
+            ),
             (
                 "[audience.affinity]\nsource = \"http\"\nurl = \"http://x\"\npagesize = 3",
                 "pagesize",
             ),
-            ("[audience.affinity]\nsource = \"carrier-pigeon\"", "carrier-pigeon"),
+            (
+                "[audience.affinity]\nsource = \"carrier-pigeon\"",
+                "carrier-pigeon",
+            ),
             ("[mailer]\nretry_backoff = [\"soon\"]", "soon"),
             ("[mailer]\nclaim_ttl = 60", "claim_ttl"),
         ] {
@@ -613,17 +630,35 @@ mod tests {
     fn bad_values_name_their_key() {
         type Mutation = fn(&mut MailerSettings);
         let cases: Vec<(Mutation, &str)> = vec![
-            (|m| m.from.address = "not an address".into(), "mailer.from.address"),
+            (
+                |m| m.from.address = "not an address".into(),
+                "mailer.from.address",
+            ),
             (|m| m.reply_to = Some("x@".into()), "mailer.reply_to"),
-            (|m| m.message_id_domain = "a b".into(), "mailer.message_id_domain"),
-            (|m| m.message_id_domain = String::new(), "mailer.message_id_domain"),
+            (
+                |m| m.message_id_domain = "a b".into(),
+                "mailer.message_id_domain",
+            ),
+            (
+                |m| m.message_id_domain = String::new(),
+                "mailer.message_id_domain",
+            ),
             (|m| m.public_url = "ftp://x".into(), "mailer.public_url"),
             (|m| m.public_url = "https://".into(), "mailer.public_url"),
-            (|m| m.customer_key = "Customer".into(), "mailer.customer_key"),
-            (|m| m.customer_key = "member_id".into(), "mailer.customer_key"),
+            (
+                |m| m.customer_key = "Customer".into(),
+                "mailer.customer_key",
+            ),
+            (
+                |m| m.customer_key = "member_id".into(),
+                "mailer.customer_key",
+            ),
             (|m| m.concurrency = 0, "mailer.concurrency"),
             (|m| m.receive_batch = 1001, "mailer.receive_batch"),
-            (|m| m.claim_ttl = Duration::from_millis(500), "mailer.claim_ttl"),
+            (
+                |m| m.claim_ttl = Duration::from_millis(500),
+                "mailer.claim_ttl",
+            ),
             (|m| m.retry_backoff.clear(), "mailer.retry_backoff"),
             (|m| m.default_transport.clear(), "mailer.default_transport"),
         ];
@@ -637,16 +672,24 @@ mod tests {
 
         type AudienceMutation = fn(&mut AudienceSettings);
         let cases: Vec<(AudienceMutation, &str)> = vec![
-            (|a| a.poll_interval = Duration::ZERO, "audience.poll_interval"),
+            (
+                |a| a.poll_interval = Duration::ZERO,
+                "audience.poll_interval",
+            ),
             (|a| a.batch_size = 0, "audience.batch_size"),
-            (|a| a.batch_size = MAX_AUDIENCE_BATCH + 1, "audience.batch_size"),
+            (
+                |a| a.batch_size = MAX_AUDIENCE_BATCH + 1,
+                "audience.batch_size",
+            ),
             (|a| a.lease_ttl = Duration::ZERO, "audience.lease_ttl"),
             (
                 |a| a.affinity = AffinitySettings::Http(HttpAffinitySettings::new("file:///x")),
                 "audience.affinity.url",
             ),
             (
-                |a| a.affinity = AffinitySettings::Http(HttpAffinitySettings::new("http://x/a?b=c")),
+                |a| {
+                    a.affinity = AffinitySettings::Http(HttpAffinitySettings::new("http://x/a?b=c"))
+                },
                 "audience.affinity.url",
             ),
             (

@@ -74,7 +74,12 @@ pub struct AlertFailed<'a> {
 impl AlertFailed<'_> {
     pub fn emit(&self) {
         metrics::counter!("herald_alerts_failed_total", "by" => self.by).increment(1);
-        tracing::error!(alert_id = self.alert_id, reason = self.reason, by = self.by, "brand alert failed");
+        tracing::error!(
+            alert_id = self.alert_id,
+            reason = self.reason,
+            by = self.by,
+            "brand alert failed"
+        );
     }
 }
 
@@ -89,7 +94,12 @@ impl EmailsSent<'_> {
     pub fn emit(&self) {
         metrics::counter!("herald_mailer_sent_total", "transport" => self.transport.to_owned())
             .increment(self.count);
-        tracing::debug!(alert_id = self.alert_id, transport = self.transport, count = self.count, "emails sent and confirmed");
+        tracing::debug!(
+            alert_id = self.alert_id,
+            transport = self.transport,
+            count = self.count,
+            "emails sent and confirmed"
+        );
     }
 }
 
@@ -103,7 +113,11 @@ pub struct PossibleDuplicate<'a> {
 impl PossibleDuplicate<'_> {
     pub fn emit(&self) {
         metrics::counter!("herald_mailer_possible_duplicates_total").increment(1);
-        tracing::warn!(alert_id = self.alert_id, member_id = self.member_id, "resending a send left unconfirmed by a stopped mailer; possibly a duplicate");
+        tracing::warn!(
+            alert_id = self.alert_id,
+            member_id = self.member_id,
+            "resending a send left unconfirmed by a stopped mailer; possibly a duplicate"
+        );
     }
 }
 
@@ -138,7 +152,13 @@ pub struct SendFailed<'a> {
 impl SendFailed<'_> {
     pub fn emit(&self) {
         metrics::counter!("herald_mailer_failed_total", "kind" => self.kind.as_str()).increment(1);
-        tracing::warn!(alert_id = self.alert_id, member_id = self.member_id, kind = self.kind.as_str(), reason = self.reason, "email not sent; dead-lettered");
+        tracing::warn!(
+            alert_id = self.alert_id,
+            member_id = self.member_id,
+            kind = self.kind.as_str(),
+            reason = self.reason,
+            "email not sent; dead-lettered"
+        );
     }
 }
 
@@ -167,7 +187,12 @@ impl SendSkipped<'_> {
     pub fn emit(&self) {
         metrics::counter!("herald_mailer_skipped_total", "reason" => self.reason.as_str())
             .increment(1);
-        tracing::debug!(alert_id = self.alert_id, member_id = self.member_id, reason = self.reason.as_str(), "member no longer eligible; not sent");
+        tracing::debug!(
+            alert_id = self.alert_id,
+            member_id = self.member_id,
+            reason = self.reason.as_str(),
+            "member no longer eligible; not sent"
+        );
     }
 }
 
@@ -179,7 +204,11 @@ pub struct AddressSuppressed<'a> {
 impl AddressSuppressed<'_> {
     pub fn emit(&self) {
         metrics::counter!("herald_mailer_suppressed_total").increment(1);
-        tracing::info!(member_id = self.member_id, reason = self.reason, "address suppressed after a permanent send failure");
+        tracing::info!(
+            member_id = self.member_id,
+            reason = self.reason,
+            "address suppressed after a permanent send failure"
+        );
     }
 }
 
@@ -194,5 +223,114 @@ pub fn alerts_completed(alert_ids: &[String]) {
     for alert_id in alert_ids {
         metrics::counter!("herald_alerts_completed_total").increment(1);
         tracing::info!(alert_id = %alert_id, "brand alert sent to its whole audience");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    /// Counter values by name and `key=value` labels.
+    fn counters(emit: impl FnOnce()) -> BTreeMap<(String, Vec<String>), u64> {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, emit);
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| match value {
+                DebugValue::Counter(n) => {
+                    let labels = key
+                        .key()
+                        .labels()
+                        .map(|l| format!("{}={}", l.key(), l.value()))
+                        .collect();
+                    Some(((key.key().name().to_owned(), labels), n))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn counter(name: &str, labels: &[&str]) -> (String, Vec<String>) {
+        (
+            name.to_owned(),
+            labels.iter().map(|l| (*l).to_owned()).collect(),
+        )
+    }
+
+    #[test]
+    fn events_bump_the_counters_they_are_reported_by() {
+        let step = BuildStep {
+            cursor: "m9".into(),
+            enqueued: 7,
+            excluded_unsubscribed: 2,
+            excluded_suppressed: 0,
+            excluded_cadence: 1,
+        };
+        let counts = counters(|| {
+            AudienceBatch {
+                alert_id: "a",
+                batch: 1,
+                step: &step,
+                unknown_members: 3,
+            }
+            .emit();
+            for member_id in ["m1", "m2"] {
+                PossibleDuplicate {
+                    alert_id: "a",
+                    member_id,
+                }
+                .emit();
+            }
+            SendFailed {
+                alert_id: "a",
+                member_id: "m3",
+                kind: FailureKind::Render,
+                reason: "undefined value",
+            }
+            .emit();
+            EmailsSent {
+                alert_id: "a",
+                transport: "smtp",
+                count: 5,
+            }
+            .emit();
+            SendSkipped {
+                alert_id: "a",
+                member_id: "m4",
+                reason: SkipReason::Cadence,
+            }
+            .emit();
+        });
+        let expected = BTreeMap::from([
+            (counter("herald_audience_batches_total", &[]), 1),
+            (counter("herald_audience_enqueued_total", &[]), 7),
+            (
+                counter("herald_audience_excluded_total", &["reason=unsubscribed"]),
+                2,
+            ),
+            (
+                counter("herald_audience_excluded_total", &["reason=cadence"]),
+                1,
+            ),
+            (
+                counter("herald_audience_excluded_total", &["reason=unknown_member"]),
+                3,
+            ),
+            (counter("herald_mailer_possible_duplicates_total", &[]), 2),
+            (counter("herald_mailer_failed_total", &["kind=render"]), 1),
+            (counter("herald_mailer_sent_total", &["transport=smtp"]), 5),
+            (
+                counter("herald_mailer_skipped_total", &["reason=cadence"]),
+                1,
+            ),
+        ]);
+        assert_eq!(counts, expected);
     }
 }

@@ -13,7 +13,7 @@ use herald_bus::bench::{run_bus_bench_on, BenchBackend, BusBenchOptions};
 use herald_bus::{Bus, BusError, OutgoingMessage, PostgresBus, QueueConfig, ReceiveOptions};
 use herald_core::QueueName;
 use herald_store::PgDb;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::Connection;
 
 const DATABASE_URL_VAR: &str = "HERALD_TEST_DATABASE_URL";
@@ -319,6 +319,39 @@ async fn a_group_stays_in_order_while_two_processes_send_and_another_acks() {
         );
     }
     assert!(consumer.peek(&q, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_leaves_the_store_connections_committing_synchronously() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    // One connection for the listener and one for everything else, so the
+    // store's next statement runs on the connection that leased.
+    let options = PgConnectOptions::from_str(&schema.url)
+        .unwrap()
+        .options([("search_path", schema.name.as_str())]);
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let bus = PostgresBus::new(PgDb { pool: pool.clone() }).await.unwrap();
+    let q = queue("durable");
+    bus.ensure_queue(&q, QueueConfig::default()).await.unwrap();
+    bus.send(&q, OutgoingMessage::new("x")).await.unwrap();
+    assert_eq!(
+        bus.receive(&q, opts(1, Duration::ZERO))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(setting, "on", "the lease's asynchronous commit leaked");
 }
 
 #[tokio::test]

@@ -204,12 +204,18 @@ pub struct Locale(String);
 
 impl Locale {
     pub fn parse(tag: &str) -> Result<Self, InvalidValue> {
-        let bad = |why: &str| InvalidValue::new(format!("locale {tag:?} is not a language tag such as en or en-GB: {why}"));
+        let bad = |why: &str| {
+            InvalidValue::new(format!(
+                "locale {tag:?} is not a language tag such as en or en-GB: {why}"
+            ))
+        };
         if tag.is_empty() {
             return Err(bad("it is empty"));
         }
         if tag.len() > MAX_LOCALE_LEN {
-            return Err(bad(&format!("it is longer than {MAX_LOCALE_LEN} characters")));
+            return Err(bad(&format!(
+                "it is longer than {MAX_LOCALE_LEN} characters"
+            )));
         }
         let mut subtags = tag.split('-');
         let language = subtags.next().unwrap_or_default();
@@ -218,7 +224,9 @@ impl Locale {
         if !language_ok {
             return Err(bad("it must start with a language of 2-3 letters"));
         }
-        if subtags.any(|s| s.is_empty() || s.len() > 8 || !s.chars().all(|c| c.is_ascii_alphanumeric())) {
+        if subtags
+            .any(|s| s.is_empty() || s.len() > 8 || !s.chars().all(|c| c.is_ascii_alphanumeric()))
+        {
             return Err(bad("subtags are 1-8 letters or digits, separated by '-'"));
         }
         Ok(Self(tag.to_owned()))
@@ -407,17 +415,13 @@ macro_rules! name_enum {
 
 name_enum!(
     /// Only active members are in an alert's audience.
+    #[derive(Default)]
     MemberStatus, "member status" {
+        #[default]
         Active => "active",
         Inactive => "inactive",
     }
 );
-
-impl Default for MemberStatus {
-    fn default() -> Self {
-        MemberStatus::Active
-    }
-}
 
 name_enum!(
     /// Why an address gets no more email.
@@ -528,7 +532,8 @@ mod tests {
             .contains("limit is 254"));
         let err = EmailAddress::parse("nope").unwrap_err();
         assert!(
-            err.message().starts_with("\"nope\" is not an email address"),
+            err.message()
+                .starts_with("\"nope\" is not an email address"),
             "{err}"
         );
     }
@@ -538,17 +543,37 @@ mod tests {
         for ok in ["en", "en-GB", "pt-BR", "zh-Hant-TW", "es-419", "gsw"] {
             assert_eq!(Locale::parse(ok).unwrap().as_str(), ok);
         }
-        for bad in ["", "e", "en_GB", "english-", "en--GB", "12", "en-toolongsubtag", "fr-ça"] {
+        for bad in [
+            "",
+            "e",
+            "en_GB",
+            "english-",
+            "en--GB",
+            "12",
+            "en-toolongsubtag",
+            "fr-ça",
+        ] {
             assert!(Locale::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn time_zones_must_be_known_iana_names() {
-        for ok in ["Europe/London", "America/Argentina/Buenos_Aires", "UTC", "Asia/Kolkata"] {
+        for ok in [
+            "Europe/London",
+            "America/Argentina/Buenos_Aires",
+            "UTC",
+            "Asia/Kolkata",
+        ] {
             assert_eq!(TimeZone::parse(ok).unwrap().as_str(), ok);
         }
-        for bad in ["", "Europe/Londn", "europe/london", "GMT+25", "Mars/Olympus"] {
+        for bad in [
+            "",
+            "Europe/Londn",
+            "europe/london",
+            "GMT+25",
+            "Mars/Olympus",
+        ] {
             let err = TimeZone::parse(bad).unwrap_err();
             assert!(err.message().contains("IANA"), "{bad:?}: {err}");
         }
@@ -566,7 +591,12 @@ mod tests {
             assert!(AffinityScore::parse(bad).is_err(), "{bad:?}");
         }
         assert!(serde_json::from_str::<AffinityScore>("1.5").is_err());
-        assert_eq!(serde_json::from_str::<AffinityScore>("0.5").unwrap().value(), 0.5);
+        assert_eq!(
+            serde_json::from_str::<AffinityScore>("0.5")
+                .unwrap()
+                .value(),
+            0.5
+        );
     }
 
     #[test]
@@ -582,7 +612,9 @@ mod tests {
     #[test]
     fn urls_must_be_http_with_a_host() {
         assert_eq!(
-            HttpUrl::parse("https://shop.example/sale?id=1").unwrap().as_str(),
+            HttpUrl::parse("https://shop.example/sale?id=1")
+                .unwrap()
+                .as_str(),
             "https://shop.example/sale?id=1"
         );
         assert!(HttpUrl::parse("http://example.com").is_ok());
@@ -623,7 +655,10 @@ mod tests {
         assert!(Source::parse(&"s".repeat(MAX_SOURCE_LEN + 1)).is_err());
         assert!(check_text("name", "Nike\tAir", 10).is_ok());
         assert!(check_text("name", "a\u{0}b", 10).is_err());
-        assert!(check_text("name", "ééé", 3).is_ok(), "limits count characters");
+        assert!(
+            check_text("name", "ééé", 3).is_ok(),
+            "limits count characters"
+        );
     }
 
     #[test]
@@ -635,10 +670,9 @@ mod tests {
             email: EmailAddress,
             status: MemberStatus,
         }
-        let ok: Row = serde_json::from_str(
-            r#"{"id":"m1","email":"a@example.com","status":"active"}"#,
-        )
-        .unwrap();
+        let ok: Row =
+            serde_json::from_str(r#"{"id":"m1","email":"a@example.com","status":"active"}"#)
+                .unwrap();
         assert_eq!(ok.email.normalized(), "a@example.com");
         let err = serde_json::from_str::<Row>(
             r#"{"id":"m 1","email":"a@example.com","status":"active"}"#,

@@ -56,7 +56,7 @@ async fn unsubscribe(
     match state
         .store
         .members()
-        .set_subscription(&claim.member_id, &email_type, false, "unsubscribe-link")
+        .set_subscription(&claim.member_id, &email_type, false, "unsubscribe_link")
         .await
     {
         Ok(_) => {

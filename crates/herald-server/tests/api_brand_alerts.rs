@@ -384,7 +384,7 @@ async fn bad_bodies_are_refused_and_nothing_is_stored() {
         (with("sale_ids", json!([])), "sale_ids"),
         (with("affinity_threshold", json!(1.5)), "affinity_threshold"),
         (with("name", json!("")), "name"),
-        (with("colour", json!("red")), "body"),
+        (with("colour", json!("red")), "colour"),
     ];
     for (body, field) in cases {
         let (status, answer) = app.post_json("/api/brand-alerts", &body).await;
@@ -418,7 +418,7 @@ async fn bad_bodies_are_refused_and_nothing_is_stored() {
         (json!({"affinity_threshold": "x"}), "affinity_threshold"),
         (json!({"sale_ids": ["nope"]}), "sale_ids"),
         (json!({"send_at": "2024-13-01T00:00:00Z"}), "send_at"),
-        (json!({"state": "sent"}), "body"),
+        (json!({"state": "sent"}), "state"),
     ] {
         let (status, answer) = send(
             &app,

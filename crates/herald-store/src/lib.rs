@@ -80,7 +80,10 @@ impl Store {
         Self::build(
             Box::new(ApiKeys::new(SqliteApiKeySql(db.clone()), clock.clone())),
             Box::new(Leases::new(SqliteLeaseSql(db.clone()), clock.clone())),
-            Box::new(BrandAlerts::new(SqliteBrandAlertSql(db.clone()), clock.clone())),
+            Box::new(BrandAlerts::new(
+                SqliteBrandAlertSql(db.clone()),
+                clock.clone(),
+            )),
             Box::new(Catalog::new(SqliteCatalogSql(db.clone()), clock.clone())),
             Box::new(Members::new(SqliteMemberSql(db.clone()), clock)),
             Db::Sqlite(db),
@@ -91,7 +94,10 @@ impl Store {
         Self::build(
             Box::new(ApiKeys::new(PgApiKeySql(db.pool.clone()), clock.clone())),
             Box::new(Leases::new(PgLeaseSql(db.pool.clone()), clock.clone())),
-            Box::new(BrandAlerts::new(PgBrandAlertSql(db.pool.clone()), clock.clone())),
+            Box::new(BrandAlerts::new(
+                PgBrandAlertSql(db.pool.clone()),
+                clock.clone(),
+            )),
             Box::new(Catalog::new(PgCatalogSql(db.pool.clone()), clock.clone())),
             Box::new(Members::new(PgMemberSql(db.pool.clone()), clock)),
             Db::Postgres(db),

@@ -53,6 +53,27 @@ pub enum Command {
     /// Measure Herald against a reference doing the same work in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Bulk-load members, affinities or subscriptions from an NDJSON or CSV file.
+    Import(ImportArgs),
+    /// Demo data: a catalog, members with affinities, and an alert due soon.
+    #[command(subcommand)]
+    Demo(DemoCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// Load the demo catalog and members and schedule a demo brand alert.
+    Seed(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// How many demo members to create.
+    #[arg(long, default_value_t = 3000)]
+    pub members: usize,
+    /// How long from now the demo alert is sent, e.g. 60s or 5m.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub send_in: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +84,10 @@ pub struct ServeArgs {
     /// Address to listen on; overrides server.listen (0.0.0.0:8080 opens it to the network).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Load demo data first (as `herald demo seed` does) and print an API key
+    /// to explore it with; the demo alert is sent a minute later.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,4 +191,37 @@ pub struct BusBenchArgs {
     /// Folder for the benchmark's databases (default: the system's temporary folder).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Columns (CSV header) or fields (NDJSON):\n  \
+    members: id, email; optional name, first_name, locale, time_zone, status, customer_id\n  \
+    affinities: member_id, brand_id, score (0.0-1.0)\n  \
+    subscriptions: member_id, subscribed; optional email_type (brand_alerts), source (import)\n\
+    A bad line stores nothing unless --skip-invalid is given; a later line for the same key wins.")]
+pub struct ImportArgs {
+    /// What the file holds.
+    #[arg(value_enum)]
+    pub kind: ImportTarget,
+    /// The file to import.
+    pub file: PathBuf,
+    /// File format (default: from the extension: .ndjson or .jsonl, .csv).
+    #[arg(long, value_enum)]
+    pub format: Option<ImportFileFormat>,
+    /// Store the good lines even when some are bad (they are listed either way).
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportTarget {
+    Members,
+    Affinities,
+    Subscriptions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportFileFormat {
+    Ndjson,
+    Csv,
 }

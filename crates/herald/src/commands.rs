@@ -6,11 +6,19 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use herald_bus::bench::{run_bus_bench, BusBenchOptions};
 use herald_bus::{Bus, OutgoingMessage, QueueConfig};
-use herald_core::api_key::{ApiKeyId, ApiKeyName, Scopes};
+use herald_core::api_key::{ApiKeyId, ApiKeyName, Scope, Scopes};
 use herald_core::QueueName;
+use herald_store::Store;
+use herald_store::members::import::{
+    self as importer, ImportError, ImportFormat, ImportKind, ImportOptions, ImportReport,
+};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::app::Backends;
-use crate::cli::{BenchCommand, ConfigCommand, KeysCommand, QueuesCommand};
+use crate::cli::{
+    BenchCommand, ConfigCommand, ImportArgs, ImportFileFormat, ImportTarget, KeysCommand,
+    QueuesCommand,
+};
 use crate::config::{Config, DEFAULT_CONFIG};
 
 pub fn config(command: &ConfigCommand, config: &Config) {
@@ -241,6 +249,107 @@ pub async fn bench(command: &BenchCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `herald import`: streams the file through the store's importer with a
+/// progress bar on stderr. Bad lines are printed; without `--skip-invalid`
+/// they make the command fail (exit 1) and nothing is stored.
+pub async fn import(args: &ImportArgs, config: &Config) -> anyhow::Result<()> {
+    let kind = match args.kind {
+        ImportTarget::Members => ImportKind::Members,
+        ImportTarget::Affinities => ImportKind::Affinities,
+        ImportTarget::Subscriptions => ImportKind::Subscriptions,
+    };
+    let format = match args.format {
+        Some(ImportFileFormat::Ndjson) => ImportFormat::Ndjson,
+        Some(ImportFileFormat::Csv) => ImportFormat::Csv,
+        None => args
+            .file
+            .extension()
+            .and_then(|e| e.to_str())
+            .and_then(ImportFormat::from_extension)
+            .with_context(|| {
+                format!(
+                    "cannot tell the format of {} from its extension; give --format ndjson or --format csv",
+                    args.file.display()
+                )
+            })?,
+    };
+    let file = tokio::fs::File::open(&args.file)
+        .await
+        .with_context(|| format!("cannot open {}", args.file.display()))?;
+    let backends = Backends::open(config)
+        .await
+        .context("cannot open the store")?;
+    let mut options = ImportOptions::new(kind, format);
+    options.skip_invalid = args.skip_invalid;
+    // Spool beside the database rather than in a temporary folder that
+    // may live in memory.
+    options.spool_dir = Some(config.store.data_dir.clone()).filter(|dir| dir.is_dir());
+
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let result = import_file(&backends.store, file, &options, bar.clone()).await;
+    bar.finish_and_clear();
+    backends.close().await;
+    let report = result.with_context(|| format!("cannot import {}", args.file.display()))?;
+
+    for error in &report.invalid {
+        eprintln!("{}: {error}", args.file.display());
+    }
+    if report.truncated_errors > 0 {
+        eprintln!(
+            "{}: ... and {} more invalid lines",
+            args.file.display(),
+            report.truncated_errors
+        );
+    }
+    let invalid = report.invalid_rows();
+    if invalid > 0 && !args.skip_invalid {
+        bail!(
+            "{invalid} of {} lines are invalid; nothing was imported (fix them, or pass --skip-invalid to import the rest)",
+            report.rows
+        );
+    }
+    println!(
+        "imported {} {kind} from {} ({} lines, {invalid} invalid{})",
+        report.applied,
+        args.file.display(),
+        report.rows,
+        if invalid > 0 { " and skipped" } else { "" }
+    );
+    Ok(())
+}
+
+async fn import_file(
+    store: &herald_store::Store,
+    file: tokio::fs::File,
+    options: &ImportOptions,
+    bar: ProgressBar,
+) -> Result<ImportReport, ImportError> {
+    let applying = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} rows stored",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    importer::import(store, file, options, move |progress| {
+        if progress.applied == 0 {
+            bar.set_message(format!(
+                "checked {} lines, {} invalid",
+                progress.validated, progress.invalid
+            ));
+        } else {
+            if bar.length().is_none() {
+                bar.set_style(applying.clone());
+                bar.set_length(progress.validated - progress.invalid);
+            }
+            bar.set_position(progress.applied);
+        }
+    })
+    .await
+}
+
 fn format_age(age: Duration) -> String {
     let secs = age.as_secs();
     match secs {
@@ -260,4 +369,49 @@ mod tests {
         assert_eq!(format_age(Duration::from_secs(125)), "2m5s");
         assert_eq!(format_age(Duration::from_secs(7_380)), "2h3m");
     }
+}
+
+/// Seeds the demo data and says what to look at; with `with_key`, also
+/// creates a marketing API key to explore the API with.
+pub async fn demo_seed(
+    config: &Config,
+    store: &Store,
+    args: &crate::cli::DemoArgs,
+    with_key: bool,
+) -> anyhow::Result<()> {
+    eprintln!("Loading demo data ({} members)...", args.members);
+    let summary = crate::demo::seed(store, args.members, args.send_in).await?;
+    let send_at = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(summary.send_at.millis().max(0) as u64),
+    );
+    println!(
+        "Demo data: {} brands, {} members, {} affinities ({} unsubscribed, {} suppressed).",
+        summary.brands, summary.members, summary.affinities, summary.unsubscribed, summary.suppressed
+    );
+    println!("Brand alert {} is scheduled for {send_at}.", summary.alert_id);
+    let outbox = config
+        .transports()
+        .get(&config.mailer.default_transport)
+        .and_then(|t| match t {
+            herald_mail::TransportConfig::Outbox(outbox) => Some(outbox.dir.clone()),
+            _ => None,
+        });
+    if let Some(dir) = outbox {
+        println!("Its emails will appear as .eml files in {}", dir.display());
+    }
+    if with_key {
+        let name = ApiKeyName::parse(format!("demo-{}", summary.send_at.millis()))?;
+        let (_, token) = store
+            .api_keys()
+            .create(&name, &Scopes::new([Scope::Marketing])?)
+            .await?;
+        println!("API key for the demo (marketing scope, shown once): {}", token.expose());
+        println!(
+            "  try: curl -H 'Authorization: Bearer {}' http://{}/api/brand-alerts/{}/stats",
+            token.expose(),
+            config.server.listen,
+            summary.alert_id
+        );
+    }
+    Ok(())
 }

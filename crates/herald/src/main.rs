@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use herald::app::{self, Backends};
-use herald::cli::{Cli, Command};
+use herald::cli::{Cli, Command, DemoArgs, DemoCommand};
 use herald::config::Config;
 use herald::roles::Roles;
 use herald::{commands, telemetry};
@@ -47,6 +47,9 @@ async fn dispatch(command: Command, mut config: Config) -> anyhow::Result<()> {
             let backends = Backends::open(&config)
                 .await
                 .context("cannot open the backends")?;
+            if args.demo {
+                commands::demo_seed(&config, &backends.store, &DemoArgs { members: 3000, send_in: std::time::Duration::from_secs(60) }, true).await?;
+            }
             let listener = tokio::net::TcpListener::bind(config.server.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -64,6 +67,14 @@ async fn dispatch(command: Command, mut config: Config) -> anyhow::Result<()> {
         Command::Config(command) => commands::config(&command, &config),
         Command::Keys(command) => commands::keys(&command, &config).await?,
         Command::Bench(command) => commands::bench(&command).await?,
+        Command::Import(args) => commands::import(&args, &config).await?,
+        Command::Demo(DemoCommand::Seed(args)) => {
+            let backends = Backends::open(&config)
+                .await
+                .context("cannot open the backends")?;
+            commands::demo_seed(&config, &backends.store, &args, false).await?;
+            backends.close().await;
+        }
     }
     Ok(())
 }

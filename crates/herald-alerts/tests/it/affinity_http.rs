@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_alerts::affinity::{AffinityClient, AffinityError, AffinityReader, MemberBrands};
 use herald_alerts::{
-    AffinitySettings, AudienceError, AudienceSettings, BuildOutcome, EmailJob, HttpAffinitySettings,
-    Step, EMAIL_QUEUE,
+    AffinitySettings, AudienceError, AudienceSettings, BuildOutcome, EmailJob,
+    HttpAffinitySettings, Step, EMAIL_QUEUE,
 };
 use herald_core::alert::AlertState;
 use herald_core::catalog::MemberStatus;
@@ -49,7 +49,12 @@ type ApiRequest = (BTreeMap<String, String>, Option<String>);
 
 impl AffinityApi {
     fn requests(&self) -> Vec<BTreeMap<String, String>> {
-        self.requests.lock().unwrap().iter().map(|(q, _)| q.clone()).collect()
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(q, _)| q.clone())
+            .collect()
     }
 }
 
@@ -95,9 +100,7 @@ async fn affinities(
             brands.contains(&b.as_str())
                 && *s >= min_score
                 && query.get("after").is_none_or(|after| m > after)
-                && cursor
-                    .as_ref()
-                    .is_none_or(|(cm, cb)| (m, b) > (cm, cb))
+                && cursor.as_ref().is_none_or(|(cm, cb)| (m, b) > (cm, cb))
         })
         .collect();
     let page: Vec<_> = matching.iter().take(limit).collect();
@@ -194,7 +197,10 @@ async fn enqueued(env: &TestEnv) -> BTreeMap<String, Vec<String>> {
 
 fn expected_audience() -> BTreeMap<String, Vec<String>> {
     BTreeMap::from([
-        ("h01".to_owned(), vec!["acme".to_owned(), "globex".to_owned()]),
+        (
+            "h01".to_owned(),
+            vec!["acme".to_owned(), "globex".to_owned()],
+        ),
         ("h02".to_owned(), vec!["acme".to_owned()]),
         ("h05".to_owned(), vec!["acme".to_owned()]),
     ])
@@ -230,7 +236,10 @@ async fn an_http_audience_is_paged_grouped_and_classified(env: TestEnv) {
     assert_eq!(first["min_score"], "0.5");
     assert_eq!(first["limit"], "2");
     assert!(!first.contains_key("after") && !first.contains_key("cursor"));
-    assert_eq!(requests[1].get("cursor").map(String::as_str), Some("h01/acme"));
+    assert_eq!(
+        requests[1].get("cursor").map(String::as_str),
+        Some("h01/acme")
+    );
     assert_eq!(requests[1], requests[2], "a retry repeats the request");
     assert_eq!(requests[2], requests[3]);
     let auth = api.requests.lock().unwrap()[0].1.clone();
@@ -273,7 +282,14 @@ async fn an_affinity_api_that_keeps_failing_leaves_the_build_for_later(env: Test
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, AudienceError::Affinity(AffinityError::Status { status: 503, attempts: 3, .. })),
+        matches!(
+            &err,
+            AudienceError::Affinity(AffinityError::Status {
+                status: 503,
+                attempts: 3,
+                ..
+            })
+        ),
         "{err}"
     );
     assert_eq!(api.requests().len(), 3, "one request and two retries");
@@ -285,13 +301,23 @@ async fn an_affinity_api_that_keeps_failing_leaves_the_build_for_later(env: Test
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, AudienceError::Affinity(AffinityError::Status { status: 400, attempts: 1, .. })),
+        matches!(
+            &err,
+            AudienceError::Affinity(AffinityError::Status {
+                status: 400,
+                attempts: 1,
+                ..
+            })
+        ),
         "a client error is not retried: {err}"
     );
     assert_eq!(api.requests().len(), 4);
 
     *api.always.lock().unwrap() = None;
-    let outcome = job.build(&alert_id, &CancellationToken::new()).await.unwrap();
+    let outcome = job
+        .build(&alert_id, &CancellationToken::new())
+        .await
+        .unwrap();
     assert!(matches!(outcome, BuildOutcome::Finished(_)), "{outcome:?}");
     assert_eq!(enqueued(&env).await, expected_audience());
 }
@@ -367,5 +393,8 @@ async fn an_unreachable_api_is_reported_after_the_retries() {
         .page(&["acme".into()], 0.5, Default::default())
         .await
         .unwrap_err();
-    assert!(matches!(err, AffinityError::Request { attempts: 3, .. }), "{err}");
+    assert!(
+        matches!(err, AffinityError::Request { attempts: 3, .. }),
+        "{err}"
+    );
 }

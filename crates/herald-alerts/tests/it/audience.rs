@@ -79,7 +79,10 @@ async fn a_build_that_dies_after_enqueuing_replays_the_batch_without_duplicates(
     assert!(err.to_string().contains("simulated crash"), "{err}");
     let alert = env.get_alert(&alert_id).await;
     assert_eq!(alert.state, AlertState::Building);
-    assert_eq!(alert.build.enqueued, 10, "only the first batch was recorded");
+    assert_eq!(
+        alert.build.enqueued, 10,
+        "only the first batch was recorded"
+    );
     assert_eq!(enqueued(&env).await.len(), 20, "yet two batches are queued");
 
     let outcome = env
@@ -110,7 +113,10 @@ async fn an_aborted_build_resumes_and_enqueues_each_member_once(env: TestEnv) {
         .await
         .expect("the build reaches its third batch");
     running.abort();
-    assert!(running.await.is_err_and(|e| e.is_cancelled()), "aborted mid-build");
+    assert!(
+        running.await.is_err_and(|e| e.is_cancelled()),
+        "aborted mid-build"
+    );
     assert_eq!(enqueued(&env).await.len(), 14);
 
     let outcome = env
@@ -138,7 +144,11 @@ async fn each_step_enqueues_one_batch_and_a_new_job_resumes_from_the_cursor(env:
     };
     assert_eq!(first.cursor, members[4]);
     assert_eq!(
-        (first.enqueued, first.excluded_unsubscribed, first.excluded_suppressed),
+        (
+            first.enqueued,
+            first.excluded_unsubscribed,
+            first.excluded_suppressed
+        ),
         (3, 1, 1)
     );
     drop(build);
@@ -146,15 +156,24 @@ async fn each_step_enqueues_one_batch_and_a_new_job_resumes_from_the_cursor(env:
     // Another process picks the build up where the cursor stands.
     let job = env.audience_job(batches_of(5));
     let mut build = job.open(&alert_id).await.unwrap().expect("a resumed build");
-    assert_eq!(build.alert().build.cursor.as_deref(), Some(members[4].as_str()));
+    assert_eq!(
+        build.alert().build.cursor.as_deref(),
+        Some(members[4].as_str())
+    );
     let Step::Batch(second) = build.step().await.unwrap() else {
         panic!("a batch")
     };
-    assert_eq!((second.cursor.as_str(), second.enqueued), (members[9].as_str(), 5));
+    assert_eq!(
+        (second.cursor.as_str(), second.enqueued),
+        (members[9].as_str(), 5)
+    );
     let Step::Batch(third) = build.step().await.unwrap() else {
         panic!("a batch")
     };
-    assert_eq!((third.cursor.as_str(), third.enqueued), (members[11].as_str(), 2));
+    assert_eq!(
+        (third.cursor.as_str(), third.enqueued),
+        (members[11].as_str(), 2)
+    );
     let Step::Finished(alert) = build.step().await.unwrap() else {
         panic!("finished")
     };
@@ -203,9 +222,15 @@ async fn a_cancelled_alert_stops_its_build(env: TestEnv) {
         .apply(&alert_id, AlertAction::Cancel, None)
         .await
         .unwrap();
-    assert_eq!(build.step().await.unwrap(), Step::Stopped(AlertState::Cancelled));
+    assert_eq!(
+        build.step().await.unwrap(),
+        Step::Stopped(AlertState::Cancelled)
+    );
     assert_eq!(enqueued(&env).await.len(), 2);
-    let again = job.build(&alert_id, &CancellationToken::new()).await.unwrap();
+    let again = job
+        .build(&alert_id, &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(again, BuildOutcome::Stopped(AlertState::Cancelled));
 }
 
@@ -252,12 +277,22 @@ async fn an_alert_not_yet_due_is_not_built(env: TestEnv) {
         })
         .await
         .unwrap();
-    alerts.apply(&alert.id, AlertAction::Schedule, None).await.unwrap();
+    alerts
+        .apply(&alert.id, AlertAction::Schedule, None)
+        .await
+        .unwrap();
     let job = env.audience_job(AudienceSettings::default());
-    let outcome = job.build(&alert.id, &CancellationToken::new()).await.unwrap();
+    let outcome = job
+        .build(&alert.id, &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(outcome, BuildOutcome::Stopped(AlertState::Scheduled));
     let worker = AudienceWorker::new(Arc::new(job));
-    assert!(worker.run_once(&CancellationToken::new()).await.unwrap().is_empty());
+    assert!(worker
+        .run_once(&CancellationToken::new())
+        .await
+        .unwrap()
+        .is_empty());
     assert!(enqueued(&env).await.is_empty());
     let unknown = env
         .audience_job(AudienceSettings::default())
@@ -318,7 +353,11 @@ impl Bus for FaultyBus {
         self.inner.list_queues().await
     }
 
-    async fn send_batch(&self, queue: &QueueName, messages: Vec<OutgoingMessage>) -> BusResult<Vec<MessageId>> {
+    async fn send_batch(
+        &self,
+        queue: &QueueName,
+        messages: Vec<OutgoingMessage>,
+    ) -> BusResult<Vec<MessageId>> {
         if self.calls.fetch_add(1, Ordering::SeqCst) + 1 != self.on_call {
             return self.inner.send_batch(queue, messages).await;
         }
@@ -336,7 +375,11 @@ impl Bus for FaultyBus {
         }
     }
 
-    async fn receive(&self, queue: &QueueName, options: ReceiveOptions) -> BusResult<Vec<Delivery>> {
+    async fn receive(
+        &self,
+        queue: &QueueName,
+        options: ReceiveOptions,
+    ) -> BusResult<Vec<Delivery>> {
         self.inner.receive(queue, options).await
     }
 
@@ -344,7 +387,11 @@ impl Bus for FaultyBus {
         self.inner.ack(queue, receipt).await
     }
 
-    async fn ack_batch(&self, queue: &QueueName, receipts: &[Receipt]) -> BusResult<Vec<AckOutcome>> {
+    async fn ack_batch(
+        &self,
+        queue: &QueueName,
+        receipts: &[Receipt],
+    ) -> BusResult<Vec<AckOutcome>> {
         self.inner.ack_batch(queue, receipts).await
     }
 
@@ -352,11 +399,21 @@ impl Bus for FaultyBus {
         self.inner.nack(queue, receipt, delay).await
     }
 
-    async fn extend(&self, queue: &QueueName, receipt: &Receipt, visibility: Duration) -> BusResult<()> {
+    async fn extend(
+        &self,
+        queue: &QueueName,
+        receipt: &Receipt,
+        visibility: Duration,
+    ) -> BusResult<()> {
         self.inner.extend(queue, receipt, visibility).await
     }
 
-    async fn redrive(&self, dead_letter: &QueueName, to: &QueueName, limit: Option<u64>) -> BusResult<u64> {
+    async fn redrive(
+        &self,
+        dead_letter: &QueueName,
+        to: &QueueName,
+        limit: Option<u64>,
+    ) -> BusResult<u64> {
         self.inner.redrive(dead_letter, to, limit).await
     }
 
@@ -388,7 +445,11 @@ impl Bus for FaultyBus {
         self.inner.subscriptions(topic).await
     }
 
-    async fn publish_batch(&self, topic: &TopicName, messages: Vec<OutgoingMessage>) -> BusResult<Vec<MessageId>> {
+    async fn publish_batch(
+        &self,
+        topic: &TopicName,
+        messages: Vec<OutgoingMessage>,
+    ) -> BusResult<Vec<MessageId>> {
         self.inner.publish_batch(topic, messages).await
     }
 }

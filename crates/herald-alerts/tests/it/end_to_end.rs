@@ -51,8 +51,13 @@ async fn every_eligible_member_gets_one_email_listing_their_brands(env: TestEnv)
         .await; // suppressed (the suppression matches the normalized address)
     env.affinity("m05", "acme", 0.9).await;
     env.suppress("eve@example.com").await;
-    env.member_with("m06", "m06@example.com", Some("Fay"), MemberStatus::Inactive)
-        .await; // inactive
+    env.member_with(
+        "m06",
+        "m06@example.com",
+        Some("Fay"),
+        MemberStatus::Inactive,
+    )
+    .await; // inactive
     env.affinity("m06", "acme", 0.9).await;
     env.member("m07", Some("Gus")).await; // only a brand outside the alert
     env.affinity("m07", "initech", 0.99).await;
@@ -104,20 +109,39 @@ async fn every_eligible_member_gets_one_email_listing_their_brands(env: TestEnv)
         .map(|e| e.custom_args["member_id"].as_str())
         .collect();
     members.sort_unstable();
-    assert_eq!(members, ["m01", "m02"], "exactly one email per eligible member");
+    assert_eq!(
+        members,
+        ["m01", "m02"],
+        "exactly one email per eligible member"
+    );
 
     let m02 = emails
         .iter()
         .find(|e| e.custom_args["member_id"] == "m02")
         .unwrap();
     assert_eq!(m02.subject, "Your brands are on sale: Acme & Globex");
-    let order: Vec<usize> = ["Acme: Acme spring", "Globex: Globex weekend", "Acme: Acme outlet"]
-        .iter()
-        .map(|needle| m02.html.find(needle).unwrap_or_else(|| panic!("{needle} missing in {}", m02.html)))
-        .collect();
-    assert!(order.windows(2).all(|w| w[0] < w[1]), "sales in alert order");
+    let order: Vec<usize> = [
+        "Acme: Acme spring",
+        "Globex: Globex weekend",
+        "Acme: Acme outlet",
+    ]
+    .iter()
+    .map(|needle| {
+        m02.html
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle} missing in {}", m02.html))
+    })
+    .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "sales in alert order"
+    );
     assert!(m02.html.contains("Hi there,"), "{}", m02.html);
-    assert!(m02.html.contains(r#"style="color: #c00"#), "CSS inlined: {}", m02.html);
+    assert!(
+        m02.html.contains(r#"style="color: #c00"#),
+        "CSS inlined: {}",
+        m02.html
+    );
     assert!(!m02.html.contains("Initech"));
 
     let m01 = emails
@@ -128,7 +152,10 @@ async fn every_eligible_member_gets_one_email_listing_their_brands(env: TestEnv)
     assert!(m01.html.contains("Hi Ada,"));
     assert!(!m01.html.contains("Globex"), "{}", m01.html);
     assert_eq!(m01.to.to_string(), "Ada Example <m01@example.com>");
-    assert_eq!(m01.custom_args["customer_id"], "m01", "the member id when no customer id");
+    assert_eq!(
+        m01.custom_args["customer_id"], "m01",
+        "the member id when no customer id"
+    );
     assert_eq!(
         m01.message_id,
         OutgoingEmail::message_id_for(&alert.id, "m01", "herald.example.com")
@@ -138,8 +165,14 @@ async fn every_eligible_member_gets_one_email_listing_their_brands(env: TestEnv)
         .url
         .strip_prefix("https://herald.example.com/unsubscribe/")
         .expect("unsubscribe URL under public_url");
-    let claim = UnsubscribeSigner::new(SIGNING_KEY).unwrap().verify(token).unwrap();
-    assert_eq!((claim.alert_id.as_str(), claim.member_id.as_str()), (alert.id.as_str(), "m01"));
+    let claim = UnsubscribeSigner::new(SIGNING_KEY)
+        .unwrap()
+        .verify(token)
+        .unwrap();
+    assert_eq!(
+        (claim.alert_id.as_str(), claim.member_id.as_str()),
+        (alert.id.as_str(), "m01")
+    );
     assert!(m01.html.contains(&unsubscribe.url));
 
     let stats = env.stats(&alert.id).await;
@@ -164,7 +197,10 @@ async fn the_workers_run_until_shutdown_and_complete_the_alert(env: TestEnv) {
     let members = env.members_for("w", 40, "globex").await;
     let alert = env.alert(&template, &sales, 0.5).await;
     let sink = Arc::new(Sink::default());
-    let mailer = env.mailer(Arc::new(CaptureTransport::new(sink.clone())), mailer_settings());
+    let mailer = env.mailer(
+        Arc::new(CaptureTransport::new(sink.clone())),
+        mailer_settings(),
+    );
     let settings = AudienceSettings {
         poll_interval: Duration::from_millis(50),
         batch_size: 7,
@@ -177,7 +213,10 @@ async fn the_workers_run_until_shutdown_and_complete_the_alert(env: TestEnv) {
 
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while env.get_alert(&alert.id).await.state != AlertState::Sent {
-        assert!(tokio::time::Instant::now() < deadline, "alert not sent in time");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alert not sent in time"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     shutdown.cancel();
@@ -196,8 +235,8 @@ async fn the_outbox_transport_writes_one_message_per_member(env: TestEnv) {
     env.members_for("o", 3, "acme").await;
     let alert = env.alert(&template, &sales, 0.5).await;
     let outbox = env.dir.path().join("outbox");
-    let transports = herald_alerts::Transports::build(&Default::default(), "outbox", env.dir.path())
-        .unwrap();
+    let transports =
+        herald_alerts::Transports::build(&Default::default(), "outbox", env.dir.path()).unwrap();
     let settings = herald_alerts::MailerSettings {
         default_transport: "outbox".into(),
         ..mailer_settings()
@@ -236,12 +275,21 @@ async fn the_outbox_transport_writes_one_message_per_member(env: TestEnv) {
     assert_eq!(header("X-Herald-Alert-Id"), alert.id);
     assert_eq!(header("X-Herald-Member-Id"), "o-0000");
     assert_eq!(header("X-Herald-Customer-Id"), "cust-o-0000");
-    assert_eq!(header("List-Unsubscribe-Post"), "List-Unsubscribe=One-Click");
+    assert_eq!(
+        header("List-Unsubscribe-Post"),
+        "List-Unsubscribe=One-Click"
+    );
     assert!(header("List-Unsubscribe").starts_with("<https://herald.example.com/unsubscribe/"));
     assert_eq!(
         header("Message-ID"),
-        format!("<{}>", OutgoingEmail::message_id_for(&alert.id, "o-0000", "herald.example.com"))
+        format!(
+            "<{}>",
+            OutgoingEmail::message_id_for(&alert.id, "o-0000", "herald.example.com")
+        )
     );
     assert_eq!(parsed.subparts.len(), 2, "text and HTML parts");
-    assert!(parsed.subparts[0].get_body().unwrap().contains("Acme spring"));
+    assert!(parsed.subparts[0]
+        .get_body()
+        .unwrap()
+        .contains("Acme spring"));
 }

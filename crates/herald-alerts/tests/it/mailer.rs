@@ -68,7 +68,10 @@ async fn a_member_whose_email_cannot_render_is_dead_lettered_and_the_rest_are_se
     env.build_all().await;
 
     let sink = Arc::new(Sink::default());
-    let mailer = env.mailer(Arc::new(CaptureTransport::new(sink.clone())), mailer_settings());
+    let mailer = env.mailer(
+        Arc::new(CaptureTransport::new(sink.clone())),
+        mailer_settings(),
+    );
     let report = env.send_until_done(&mailer, &alert.id).await;
     assert_eq!((report.sent, report.failed), (4, 1), "{report:?}");
     assert_each_once(&sink, &members);
@@ -79,9 +82,15 @@ async fn a_member_whose_email_cannot_render_is_dead_lettered_and_the_rest_are_se
     let letters = env.queue_messages(DEAD_LETTERS).await;
     assert_eq!(letters.len(), 1);
     let reason = &letters[0].attributes[REASON_ATTRIBUTE];
-    assert!(reason.contains("line 2") && reason.contains("undefined"), "{reason}");
+    assert!(
+        reason.contains("line 2") && reason.contains("undefined"),
+        "{reason}"
+    );
     assert_eq!(letters[0].attributes["member_id"], "s-nameless");
-    assert_eq!(EmailJob::parse(&letters[0].body).unwrap().member_id, "s-nameless");
+    assert_eq!(
+        EmailJob::parse(&letters[0].body).unwrap().member_id,
+        "s-nameless"
+    );
     assert!(env.queue_messages(EMAIL_QUEUE).await.is_empty());
 }
 
@@ -101,11 +110,18 @@ async fn transient_failures_are_retried_until_they_succeed(env: TestEnv) {
     );
     let mailer = env.mailer(transport, mailer_settings());
     let report = env.send_until_done(&mailer, &alert_id).await;
-    assert_eq!((report.sent, report.retried, report.failed), (4, 2, 0), "{report:?}");
+    assert_eq!(
+        (report.sent, report.retried, report.failed),
+        (4, 2, 0),
+        "{report:?}"
+    );
     assert_eq!(report.possible_duplicates, 0);
     assert_each_once(&sink, &members);
     let stats = env.stats(&alert_id).await;
-    assert_eq!((stats.sent, stats.failed, stats.possible_duplicates), (4, 0, 0));
+    assert_eq!(
+        (stats.sent, stats.failed, stats.possible_duplicates),
+        (4, 0, 0)
+    );
     assert!(env.queue_messages(DEAD_LETTERS).await.is_empty());
 }
 
@@ -115,7 +131,9 @@ async fn transient_failures_past_max_receives_are_dead_lettered(env: TestEnv) {
     let transport = Arc::new(CaptureTransport::new(sink.clone()));
     transport.fail(
         &address(&members[1]),
-        (0..5).map(|i| SendError::transient(format!("timeout {i}"))).collect(),
+        (0..5)
+            .map(|i| SendError::transient(format!("timeout {i}")))
+            .collect(),
     );
     let queue = QueueConfig {
         max_receives: 3,
@@ -123,7 +141,11 @@ async fn transient_failures_past_max_receives_are_dead_lettered(env: TestEnv) {
     };
     let mailer = env.mailer_with(transport, mailer_settings(), queue);
     let report = env.send_until_done(&mailer, &alert_id).await;
-    assert_eq!((report.sent, report.retried, report.failed), (2, 2, 1), "{report:?}");
+    assert_eq!(
+        (report.sent, report.retried, report.failed),
+        (2, 2, 1),
+        "{report:?}"
+    );
     assert_each_once(&sink, &[members[0].clone(), members[2].clone()]);
     assert_eq!(env.get_alert(&alert_id).await.state, AlertState::Sent);
     let letters = env.queue_messages(DEAD_LETTERS).await;
@@ -150,7 +172,11 @@ async fn a_permanent_failure_suppresses_the_address_when_it_says_so(env: TestEnv
     );
     let mailer = env.mailer(transport, mailer_settings());
     let report = env.send_until_done(&mailer, &alert_id).await;
-    assert_eq!((report.sent, report.failed, report.suppressed), (1, 2, 1), "{report:?}");
+    assert_eq!(
+        (report.sent, report.failed, report.suppressed),
+        (1, 2, 1),
+        "{report:?}"
+    );
     assert_each_once(&sink, &[members[2].clone()]);
 
     let suppression = env
@@ -162,7 +188,10 @@ async fn a_permanent_failure_suppresses_the_address_when_it_says_so(env: TestEnv
         .expect("the refused address is suppressed");
     assert_eq!(suppression.reason, SuppressionReason::InvalidAddress);
     assert_eq!(suppression.source, "mailer");
-    assert_eq!(suppression.detail.as_deref(), Some("550 5.1.1 no such mailbox"));
+    assert_eq!(
+        suppression.detail.as_deref(),
+        Some("550 5.1.1 no such mailbox")
+    );
     assert!(env
         .store
         .members()
@@ -178,7 +207,10 @@ async fn a_permanent_failure_suppresses_the_address_when_it_says_so(env: TestEnv
         .map(|m| m.attributes[REASON_ATTRIBUTE].clone())
         .collect();
     reasons.sort();
-    assert_eq!(reasons, ["550 5.1.1 no such mailbox", "554 message rejected as spam"]);
+    assert_eq!(
+        reasons,
+        ["550 5.1.1 no such mailbox", "554 message rejected as spam"]
+    );
     let stats = env.stats(&alert_id).await;
     assert_eq!((stats.sent, stats.failed), (1, 2));
 }
@@ -197,7 +229,10 @@ async fn a_mailer_killed_mid_send_resends_only_what_was_in_flight(env: TestEnv) 
             gate: Arc::new(Semaphore::new(0)),
         },
     ));
-    let running = tokio::spawn(env.mailer(stuck.clone(), settings.clone()).run(CancellationToken::new()));
+    let running = tokio::spawn(
+        env.mailer(stuck.clone(), settings.clone())
+            .run(CancellationToken::new()),
+    );
     stuck.wait_held(concurrency).await;
     running.abort();
     assert!(running.await.is_err_and(|e| e.is_cancelled()));
@@ -209,12 +244,23 @@ async fn a_mailer_killed_mid_send_resends_only_what_was_in_flight(env: TestEnv) 
     let report = env.send_until_done(&mailer, &alert_id).await;
 
     let counts = sink.per_member();
-    assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), members, "no member missing");
+    assert_eq!(
+        counts.keys().cloned().collect::<Vec<_>>(),
+        members,
+        "no member missing"
+    );
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
-    assert!(duplicates <= in_flight, "{duplicates} duplicates, {in_flight} in flight");
+    assert!(
+        duplicates <= in_flight,
+        "{duplicates} duplicates, {in_flight} in flight"
+    );
     assert_eq!(duplicates, in_flight, "the sends in flight were resent");
     let stats = env.stats(&alert_id).await;
-    assert_eq!((stats.sent, stats.failed, stats.queued), (24, 0, 0), "one sent row per member");
+    assert_eq!(
+        (stats.sent, stats.failed, stats.queued),
+        (24, 0, 0),
+        "one sent row per member"
+    );
     assert!(
         stats.possible_duplicates >= duplicates as u64,
         "{} reported, {duplicates} in the sink",
@@ -238,7 +284,10 @@ async fn a_graceful_stop_finishes_in_flight_sends_without_duplicates(env: TestEn
         },
     ));
     let shutdown = CancellationToken::new();
-    let running = tokio::spawn(env.mailer(slow.clone(), settings.clone()).run(shutdown.clone()));
+    let running = tokio::spawn(
+        env.mailer(slow.clone(), settings.clone())
+            .run(shutdown.clone()),
+    );
     slow.wait_held(settings.concurrency).await;
     shutdown.cancel();
     gate.add_permits(1_000);
@@ -271,7 +320,10 @@ async fn a_claim_held_elsewhere_is_retried_after_it_lapses(env: TestEnv) {
         .await
         .unwrap();
     let sink = Arc::new(Sink::default());
-    let mailer = env.mailer(Arc::new(CaptureTransport::new(sink.clone())), mailer_settings());
+    let mailer = env.mailer(
+        Arc::new(CaptureTransport::new(sink.clone())),
+        mailer_settings(),
+    );
     let first = mailer.drain().await.unwrap();
     assert_eq!((first.sent, first.busy), (2, 1), "{first:?}");
     let rest = env.send_until_done(&mailer, &alert_id).await;
@@ -288,9 +340,16 @@ async fn messages_of_a_cancelled_alert_are_dropped_unsent(env: TestEnv) {
         .await
         .unwrap();
     let sink = Arc::new(Sink::default());
-    let mailer = env.mailer(Arc::new(CaptureTransport::new(sink.clone())), mailer_settings());
+    let mailer = env.mailer(
+        Arc::new(CaptureTransport::new(sink.clone())),
+        mailer_settings(),
+    );
     let report = mailer.drain().await.unwrap();
-    assert_eq!((report.received, report.dropped, report.sent), (3, 3, 0), "{report:?}");
+    assert_eq!(
+        (report.received, report.dropped, report.sent),
+        (3, 3, 0),
+        "{report:?}"
+    );
     assert_eq!(sink.len(), 0);
     assert!(env.queue_messages(EMAIL_QUEUE).await.is_empty());
     assert_eq!(env.get_alert(&alert_id).await.state, AlertState::Cancelled);
@@ -315,7 +374,10 @@ async fn repeated_messages_send_one_email(env: TestEnv) {
         .unwrap();
     assert_eq!(received.len(), 3);
     for delivery in &received[..2] {
-        env.bus.nack(&queue, &delivery.receipt, Duration::ZERO).await.unwrap();
+        env.bus
+            .nack(&queue, &delivery.receipt, Duration::ZERO)
+            .await
+            .unwrap();
     }
     // Copies without a dedup key, as after the dedup window passed.
     let copy = || {
@@ -328,7 +390,10 @@ async fn repeated_messages_send_one_email(env: TestEnv) {
         message.dedup_key = None;
         message
     };
-    env.bus.send_batch(&queue, vec![copy(), copy()]).await.unwrap();
+    env.bus
+        .send_batch(&queue, vec![copy(), copy()])
+        .await
+        .unwrap();
 
     // One message per batch: the copies meet the finished row.
     let sink = Arc::new(Sink::default());
@@ -342,10 +407,20 @@ async fn repeated_messages_send_one_email(env: TestEnv) {
     assert_each_once(&sink, &members[..2]);
 
     // Copies in one batch: the first decides, the others are dropped.
-    env.bus.send_batch(&queue, vec![copy(), copy()]).await.unwrap();
-    let mailer = env.mailer(Arc::new(CaptureTransport::new(sink.clone())), mailer_settings());
+    env.bus
+        .send_batch(&queue, vec![copy(), copy()])
+        .await
+        .unwrap();
+    let mailer = env.mailer(
+        Arc::new(CaptureTransport::new(sink.clone())),
+        mailer_settings(),
+    );
     let report = mailer.drain().await.unwrap();
-    assert_eq!((report.received, report.already_finished, report.dropped), (2, 1, 1), "{report:?}");
+    assert_eq!(
+        (report.received, report.already_finished, report.dropped),
+        (2, 1, 1),
+        "{report:?}"
+    );
     assert_each_once(&sink, &members[..2]);
     assert_eq!(env.get_alert(&alert_id).await.state, AlertState::Sending);
 }
@@ -367,14 +442,20 @@ async fn malformed_messages_are_dead_lettered(env: TestEnv) {
         .await
         .unwrap();
     let sink = Arc::new(Sink::default());
-    let mailer = env.mailer(Arc::new(CaptureTransport::new(sink.clone())), mailer_settings());
+    let mailer = env.mailer(
+        Arc::new(CaptureTransport::new(sink.clone())),
+        mailer_settings(),
+    );
     let report = mailer.drain().await.unwrap();
     assert_eq!((report.received, report.malformed), (2, 2), "{report:?}");
     let letters = env.queue_messages(DEAD_LETTERS).await;
     assert_eq!(letters.len(), 2);
-    assert!(letters
-        .iter()
-        .all(|l| l.attributes[REASON_ATTRIBUTE].starts_with("malformed brand alert email message")));
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.attributes[REASON_ATTRIBUTE]
+                .starts_with("malformed brand alert email message"))
+    );
     assert_eq!(letters[0].body.as_ref(), b"not json");
     assert_eq!(mailer.dead_letter_queue().as_str(), DEAD_LETTERS);
     assert!(env.queue_messages(EMAIL_QUEUE).await.is_empty());
@@ -388,7 +469,10 @@ async fn an_alert_naming_an_unknown_transport_fails(env: TestEnv) {
     let alert = env.alert_via(&template, &[sale], 0.5, Some("pigeon")).await;
     env.build_all().await;
     let sink = Arc::new(Sink::default());
-    let mailer = env.mailer(Arc::new(CaptureTransport::new(sink.clone())), mailer_settings());
+    let mailer = env.mailer(
+        Arc::new(CaptureTransport::new(sink.clone())),
+        mailer_settings(),
+    );
     let report = mailer.drain().await.unwrap();
     assert_eq!((report.dropped, report.sent), (2, 0), "{report:?}");
     let alert = env.get_alert(&alert.id).await;

@@ -75,7 +75,9 @@ impl TestEnv {
             Backend::Postgres => {
                 let url = postgres_url()?;
                 let schema = format!("herald_alerts_test_{}", uuid::Uuid::new_v4().simple());
-                let mut admin = PgConnection::connect(&url).await.expect("connect to postgres");
+                let mut admin = PgConnection::connect(&url)
+                    .await
+                    .expect("connect to postgres");
                 sqlx::query(&format!("CREATE SCHEMA {schema}"))
                     .execute(&mut admin)
                     .await
@@ -176,11 +178,22 @@ impl TestEnv {
     }
 
     pub async fn member(&self, id: &str, first_name: Option<&str>) {
-        self.member_with(id, &format!("{id}@example.com"), first_name, MemberStatus::Active)
-            .await;
+        self.member_with(
+            id,
+            &format!("{id}@example.com"),
+            first_name,
+            MemberStatus::Active,
+        )
+        .await;
     }
 
-    pub async fn member_with(&self, id: &str, email: &str, first_name: Option<&str>, status: MemberStatus) {
+    pub async fn member_with(
+        &self,
+        id: &str,
+        email: &str,
+        first_name: Option<&str>,
+        status: MemberStatus,
+    ) {
         self.store
             .members()
             .upsert(&MemberInput {
@@ -323,7 +336,11 @@ impl TestEnv {
         .expect("audience job")
     }
 
-    pub fn composer(&self, transport: Arc<dyn Transport>, settings: &MailerSettings) -> Arc<Composer> {
+    pub fn composer(
+        &self,
+        transport: Arc<dyn Transport>,
+        settings: &MailerSettings,
+    ) -> Arc<Composer> {
         let transports = Transports::from_transports(
             BTreeMap::from([("capture".to_owned(), transport)]),
             "capture",
@@ -345,7 +362,12 @@ impl TestEnv {
         self.mailer_with(transport, settings, self.queue_config())
     }
 
-    pub fn mailer_with(&self, transport: Arc<dyn Transport>, settings: MailerSettings, queue: QueueConfig) -> Mailer {
+    pub fn mailer_with(
+        &self,
+        transport: Arc<dyn Transport>,
+        settings: MailerSettings,
+        queue: QueueConfig,
+    ) -> Mailer {
         let composer = self.composer(transport, &settings);
         Mailer::new(
             self.store.clone(),
@@ -370,7 +392,11 @@ impl TestEnv {
 
     /// Drains the queue until the alert leaves `sending` (retries wait out
     /// their delays), or fails after [`PATIENCE`].
-    pub async fn send_until_done(&self, mailer: &Mailer, alert_id: &str) -> herald_alerts::MailerReport {
+    pub async fn send_until_done(
+        &self,
+        mailer: &Mailer,
+        alert_id: &str,
+    ) -> herald_alerts::MailerReport {
         let mut total = herald_alerts::MailerReport::default();
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
@@ -489,7 +515,9 @@ impl Sink {
     pub fn per_member(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
         for email in self.emails() {
-            *counts.entry(email.custom_args["member_id"].clone()).or_default() += 1;
+            *counts
+                .entry(email.custom_args["member_id"].clone())
+                .or_default() += 1;
         }
         counts
     }

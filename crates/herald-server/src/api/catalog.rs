@@ -169,7 +169,11 @@ async fn list_brands(
     State(state): State<AppState>,
     page: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<BrandPage>, ApiError> {
-    let page = state.store.catalog().list_brands(&query(page)?.request()).await?;
+    let page = state
+        .store
+        .catalog()
+        .list_brands(&query(page)?.request())
+        .await?;
     Ok(Json(BrandPage {
         items: page.items.into_iter().map(Into::into).collect(),
         next_cursor: page.next_cursor,
@@ -191,7 +195,11 @@ async fn create_brand(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateBrand>,
 ) -> Result<(StatusCode, Json<BrandResponse>), ApiError> {
-    let brand = state.store.catalog().create_brand(&body.id, &body.name).await?;
+    let brand = state
+        .store
+        .catalog()
+        .create_brand(&body.id, &body.name)
+        .await?;
     Ok((StatusCode::CREATED, Json(brand.into())))
 }
 

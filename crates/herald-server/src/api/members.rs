@@ -32,7 +32,9 @@ use herald_core::catalog::{
 use herald_store::members::import::{
     import, ImportError, ImportFormat, ImportKind, ImportOptions, ImportReport,
 };
-use herald_store::members::{Affinity, Member, MemberFilter, MemberInput, MemberPatch, Subscription, Suppression};
+use herald_store::members::{
+    Affinity, Member, MemberFilter, MemberInput, MemberPatch, Subscription, Suppression,
+};
 use serde::{Deserialize, Serialize};
 use tokio_util::io::StreamReader;
 use utoipa::{IntoParams, ToSchema};
@@ -73,7 +75,12 @@ impl Default for ImportLimits {
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_members))
-        .routes(routes!(get_member, put_member, update_member, delete_member))
+        .routes(routes!(
+            get_member,
+            put_member,
+            update_member,
+            delete_member
+        ))
         .routes(routes!(list_affinities))
         .routes(routes!(put_affinity, delete_affinity))
         .routes(routes!(list_subscriptions))
@@ -417,7 +424,11 @@ async fn delete_affinity(
     State(state): State<AppState>,
     Path((id, brand_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    state.store.members().delete_affinity(&id, &brand_id).await?;
+    state
+        .store
+        .members()
+        .delete_affinity(&id, &brand_id)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -687,7 +698,11 @@ async fn put_cadence_policy(
 ) -> Result<Json<CadencePolicyBody>, ApiError> {
     let policy = CadencePolicy::new(body.max_alerts, Duration::from_secs(body.window_secs))
         .map_err(|e| {
-            let field = if body.max_alerts == 0 { "max_alerts" } else { "window_secs" };
+            let field = if body.max_alerts == 0 {
+                "max_alerts"
+            } else {
+                "window_secs"
+            };
             ApiError::invalid_field(field, e.to_string())
         })?;
     let policy = state.store.members().set_cadence_policy(&policy).await?;
@@ -816,12 +831,10 @@ async fn import_rows(
             return Err(ApiError::bad_request("unreadable_body", e.to_string()))
         }
         Err(ImportError::Header(message)) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_header",
-                message,
+            return Err(
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_header", message)
+                    .with_field("header"),
             )
-            .with_field("header"))
         }
         Err(ImportError::Spool(e)) => return Err(ApiError::internal(e)),
         Err(ImportError::Store(e)) => return Err(e.into()),

@@ -458,7 +458,7 @@ pub(crate) trait BrandAlertSql: Send + Sync + 'static {
 
 /// What an edit found.
 pub(crate) enum Written {
-    Done(AlertRow),
+    Done(Box<AlertRow>),
     /// The alert is no longer a draft at the version read.
     Stale,
     Missing(MissingReference),

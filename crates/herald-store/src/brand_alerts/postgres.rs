@@ -181,7 +181,7 @@ impl BrandAlertSql for PgBrandAlertSql {
         insert_sales(&mut tx, id, &content.sale_ids, CONTEXT).await?;
         let row = select_alert(&mut tx, id, CONTEXT).await?;
         tx.commit().await.map_err(err(CONTEXT))?;
-        Ok(Written::Done(row))
+        Ok(Written::Done(Box::new(row)))
     }
 
     async fn by_id(&self, id: &str) -> Result<Option<AlertRow>, StoreError> {

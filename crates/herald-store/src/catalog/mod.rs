@@ -115,7 +115,10 @@ impl Template {
     pub fn patched(&self, patch: &TemplatePatch) -> NewTemplate {
         NewTemplate {
             name: patch.name.clone().unwrap_or_else(|| self.name.clone()),
-            subject: patch.subject.clone().unwrap_or_else(|| self.subject.clone()),
+            subject: patch
+                .subject
+                .clone()
+                .unwrap_or_else(|| self.subject.clone()),
             html: patch.html.clone().unwrap_or_else(|| self.html.clone()),
             text: patch.text.clone().unwrap_or_else(|| self.text.clone()),
         }
@@ -167,8 +170,11 @@ pub trait CatalogStore: Send + Sync {
     /// In id order, which is creation order.
     async fn list_templates(&self, page: &PageRequest) -> Result<Page<Template>, StoreError>;
 
-    async fn update_template(&self, id: &str, patch: &TemplatePatch)
-        -> Result<Template, StoreError>;
+    async fn update_template(
+        &self,
+        id: &str,
+        patch: &TemplatePatch,
+    ) -> Result<Template, StoreError>;
 
     /// [`StoreError::InUse`] while a brand alert uses the template.
     async fn delete_template(&self, id: &str) -> Result<(), StoreError>;
@@ -180,7 +186,8 @@ pub trait CatalogStore: Send + Sync {
 /// referenced as [`StoreError::InUse`] and return whether a row went.
 #[async_trait]
 pub(crate) trait CatalogSql: Send + Sync + 'static {
-    async fn insert_brand(&self, id: &str, name: &str, now: Timestamp) -> Result<Brand, StoreError>;
+    async fn insert_brand(&self, id: &str, name: &str, now: Timestamp)
+        -> Result<Brand, StoreError>;
     /// The brand and whether it was created.
     async fn upsert_brand(
         &self,

@@ -6,8 +6,8 @@ use sqlx::PgPool;
 
 use super::{
     brand_exists, brand_in_use, sale_in_use, template_in_use, template_name_taken, unknown_brand,
-    Brand, BrandRow, CatalogSql, Sale, SaleRow, Template, TemplateRow, BRAND_COLUMNS,
-    SALE_COLUMNS, TEMPLATE_COLUMNS,
+    Brand, BrandRow, CatalogSql, Sale, SaleRow, Template, TemplateRow, BRAND_COLUMNS, SALE_COLUMNS,
+    TEMPLATE_COLUMNS,
 };
 use crate::error::{is_foreign_key_violation, is_unique_violation};
 use crate::StoreError;
@@ -20,7 +20,12 @@ fn failed(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
 
 #[async_trait]
 impl CatalogSql for PgCatalogSql {
-    async fn insert_brand(&self, id: &str, name: &str, now: Timestamp) -> Result<Brand, StoreError> {
+    async fn insert_brand(
+        &self,
+        id: &str,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<Brand, StoreError> {
         sqlx::query_as::<_, BrandRow>(&format!(
             "INSERT INTO brands (id, name, created_at, updated_at) VALUES ($1, $2, $3, $3) \
              RETURNING {BRAND_COLUMNS}"
@@ -102,12 +107,17 @@ impl CatalogSql for PgCatalogSql {
     }
 
     async fn delete_brand(&self, id: &str) -> Result<bool, StoreError> {
-        delete(&self.0, "DELETE FROM brands WHERE id = $1", id, "delete brand")
-            .await
-            .map_err(|e| match e {
-                Deleted::Referenced => brand_in_use(id),
-                Deleted::Failed(e) => e,
-            })
+        delete(
+            &self.0,
+            "DELETE FROM brands WHERE id = $1",
+            id,
+            "delete brand",
+        )
+        .await
+        .map_err(|e| match e {
+            Deleted::Referenced => brand_in_use(id),
+            Deleted::Failed(e) => e,
+        })
     }
 
     async fn existing_brands(&self, ids: &[&str]) -> Result<HashSet<String>, StoreError> {
@@ -199,12 +209,17 @@ impl CatalogSql for PgCatalogSql {
     }
 
     async fn delete_sale(&self, id: &str) -> Result<bool, StoreError> {
-        delete(&self.0, "DELETE FROM sales WHERE id = $1", id, "delete sale")
-            .await
-            .map_err(|e| match e {
-                Deleted::Referenced => sale_in_use(id),
-                Deleted::Failed(e) => e,
-            })
+        delete(
+            &self.0,
+            "DELETE FROM sales WHERE id = $1",
+            id,
+            "delete sale",
+        )
+        .await
+        .map_err(|e| match e {
+            Deleted::Referenced => sale_in_use(id),
+            Deleted::Failed(e) => e,
+        })
     }
 
     async fn insert_template(&self, t: &Template) -> Result<(), StoreError> {
@@ -282,12 +297,17 @@ impl CatalogSql for PgCatalogSql {
     }
 
     async fn delete_template(&self, id: &str) -> Result<bool, StoreError> {
-        delete(&self.0, "DELETE FROM templates WHERE id = $1", id, "delete template")
-            .await
-            .map_err(|e| match e {
-                Deleted::Referenced => template_in_use(id),
-                Deleted::Failed(e) => e,
-            })
+        delete(
+            &self.0,
+            "DELETE FROM templates WHERE id = $1",
+            id,
+            "delete template",
+        )
+        .await
+        .map_err(|e| match e {
+            Deleted::Referenced => template_in_use(id),
+            Deleted::Failed(e) => e,
+        })
     }
 }
 
@@ -298,17 +318,13 @@ enum Deleted {
 }
 
 async fn delete(db: &PgPool, sql: &str, id: &str, context: &str) -> Result<bool, Deleted> {
-    let done = sqlx::query(sql)
-        .bind(id)
-        .execute(db)
-        .await
-        .map_err(|e| {
-            if is_foreign_key_violation(&e) {
-                Deleted::Referenced
-            } else {
-                Deleted::Failed(StoreError::postgres(e, context))
-            }
-        })?;
+    let done = sqlx::query(sql).bind(id).execute(db).await.map_err(|e| {
+        if is_foreign_key_violation(&e) {
+            Deleted::Referenced
+        } else {
+            Deleted::Failed(StoreError::postgres(e, context))
+        }
+    })?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -6,8 +6,8 @@ use sqlx::{QueryBuilder, Sqlite};
 
 use super::{
     brand_exists, brand_in_use, sale_in_use, template_in_use, template_name_taken, unknown_brand,
-    Brand, BrandRow, CatalogSql, Sale, SaleRow, Template, TemplateRow, BRAND_COLUMNS,
-    SALE_COLUMNS, TEMPLATE_COLUMNS,
+    Brand, BrandRow, CatalogSql, Sale, SaleRow, Template, TemplateRow, BRAND_COLUMNS, SALE_COLUMNS,
+    TEMPLATE_COLUMNS,
 };
 use crate::error::{is_foreign_key_violation, is_unique_violation};
 use crate::{SqliteDb, StoreError};
@@ -21,7 +21,12 @@ fn failed(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
 
 #[async_trait]
 impl CatalogSql for SqliteCatalogSql {
-    async fn insert_brand(&self, id: &str, name: &str, now: Timestamp) -> Result<Brand, StoreError> {
+    async fn insert_brand(
+        &self,
+        id: &str,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<Brand, StoreError> {
         sqlx::query_as::<_, BrandRow>(&format!(
             "INSERT INTO brands (id, name, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) \
              RETURNING {BRAND_COLUMNS}"
@@ -49,12 +54,18 @@ impl CatalogSql for SqliteCatalogSql {
     ) -> Result<(Brand, bool), StoreError> {
         // One writer connection: nothing else in this process writes between
         // the look and the upsert.
-        let mut tx = self.0.writer.begin().await.map_err(failed("upsert brand"))?;
-        let existed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM brands WHERE id = ?1)")
-            .bind(id)
-            .fetch_one(&mut *tx)
+        let mut tx = self
+            .0
+            .writer
+            .begin()
             .await
             .map_err(failed("upsert brand"))?;
+        let existed: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM brands WHERE id = ?1)")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(failed("upsert brand"))?;
         let row: BrandRow = sqlx::query_as(&format!(
             "INSERT INTO brands (id, name, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, updated_at = excluded.updated_at \
@@ -110,12 +121,17 @@ impl CatalogSql for SqliteCatalogSql {
     }
 
     async fn delete_brand(&self, id: &str) -> Result<bool, StoreError> {
-        delete(&self.0, "DELETE FROM brands WHERE id = ?1", id, "delete brand")
-            .await
-            .map_err(|e| match e {
-                Deleted::Referenced => brand_in_use(id),
-                Deleted::Failed(e) => e,
-            })
+        delete(
+            &self.0,
+            "DELETE FROM brands WHERE id = ?1",
+            id,
+            "delete brand",
+        )
+        .await
+        .map_err(|e| match e {
+            Deleted::Referenced => brand_in_use(id),
+            Deleted::Failed(e) => e,
+        })
     }
 
     async fn existing_brands(&self, ids: &[&str]) -> Result<HashSet<String>, StoreError> {
@@ -218,12 +234,17 @@ impl CatalogSql for SqliteCatalogSql {
     }
 
     async fn delete_sale(&self, id: &str) -> Result<bool, StoreError> {
-        delete(&self.0, "DELETE FROM sales WHERE id = ?1", id, "delete sale")
-            .await
-            .map_err(|e| match e {
-                Deleted::Referenced => sale_in_use(id),
-                Deleted::Failed(e) => e,
-            })
+        delete(
+            &self.0,
+            "DELETE FROM sales WHERE id = ?1",
+            id,
+            "delete sale",
+        )
+        .await
+        .map_err(|e| match e {
+            Deleted::Referenced => sale_in_use(id),
+            Deleted::Failed(e) => e,
+        })
     }
 
     async fn insert_template(&self, t: &Template) -> Result<(), StoreError> {
@@ -301,12 +322,17 @@ impl CatalogSql for SqliteCatalogSql {
     }
 
     async fn delete_template(&self, id: &str) -> Result<bool, StoreError> {
-        delete(&self.0, "DELETE FROM templates WHERE id = ?1", id, "delete template")
-            .await
-            .map_err(|e| match e {
-                Deleted::Referenced => template_in_use(id),
-                Deleted::Failed(e) => e,
-            })
+        delete(
+            &self.0,
+            "DELETE FROM templates WHERE id = ?1",
+            id,
+            "delete template",
+        )
+        .await
+        .map_err(|e| match e {
+            Deleted::Referenced => template_in_use(id),
+            Deleted::Failed(e) => e,
+        })
     }
 }
 

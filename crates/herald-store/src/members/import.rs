@@ -198,6 +198,8 @@ impl ImportOptions {
 pub struct ImportProgress {
     /// Data lines read and checked (good and bad).
     pub validated: u64,
+    /// Of those, the bad ones.
+    pub invalid: u64,
     /// Rows written to the store.
     pub applied: u64,
 }
@@ -298,22 +300,47 @@ async fn run<T: ImportRow, R: AsyncRead + Unpin + Send>(
     options: &ImportOptions,
     mut progress: impl FnMut(ImportProgress) + Send,
 ) -> Result<ImportReport, ImportError> {
-    let mut lines = Lines::open(BufReader::with_capacity(64 * 1024, input), options.format, T::COLUMNS, T::REQUIRED).await?;
+    let mut lines = Lines::open(
+        BufReader::with_capacity(64 * 1024, input),
+        options.format,
+        T::COLUMNS,
+        T::REQUIRED,
+    )
+    .await?;
     let mut spool = Spool::create(options.spool_dir.clone()).await?;
     let mut report = ImportReport::default();
     let mut state = ImportProgress::default();
     let mut batch: Vec<(u64, Result<T, LineError>)> = Vec::with_capacity(BATCH_ROWS);
     while let Some((line, fields)) = lines.next().await? {
         report.rows += 1;
-        batch.push((line, fields.and_then(|f| T::from_fields(&f).map_err(|e| e.at(line)))));
+        batch.push((
+            line,
+            fields.and_then(|f| T::from_fields(&f).map_err(|e| e.at(line))),
+        ));
         if batch.len() == BATCH_ROWS {
             state.validated += batch.len() as u64;
-            check_and_spool(store, &mut batch, &mut report, &mut spool, options.skip_invalid).await?;
+            check_and_spool(
+                store,
+                &mut batch,
+                &mut report,
+                &mut spool,
+                options.skip_invalid,
+            )
+            .await?;
+            state.invalid = report.invalid_rows();
             progress(state);
         }
     }
     state.validated += batch.len() as u64;
-    check_and_spool(store, &mut batch, &mut report, &mut spool, options.skip_invalid).await?;
+    check_and_spool(
+        store,
+        &mut batch,
+        &mut report,
+        &mut spool,
+        options.skip_invalid,
+    )
+    .await?;
+    state.invalid = report.invalid_rows();
     progress(state);
 
     if report.invalid_rows() > 0 && !options.skip_invalid {
@@ -417,7 +444,10 @@ trait ImportRow: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     async fn apply(store: &Store, rows: &[Self]) -> Result<u64, StoreError>;
 }
 
-fn parsed<T>(field: &str, result: Result<T, herald_core::catalog::InvalidValue>) -> Result<T, FieldError> {
+fn parsed<T>(
+    field: &str,
+    result: Result<T, herald_core::catalog::InvalidValue>,
+) -> Result<T, FieldError> {
     result.map_err(|e| FieldError::new(field, e.message()))
 }
 
@@ -504,9 +534,18 @@ impl ImportRow for AffinityInput {
 
     fn from_fields(fields: &Fields) -> Result<Self, FieldError> {
         Ok(AffinityInput {
-            member_id: parsed("member_id", MemberId::parse(fields.required_text("member_id")?))?,
-            brand_id: parsed("brand_id", BrandId::parse(fields.required_text("brand_id")?))?,
-            score: parsed("score", AffinityScore::new(fields.required_number("score")?))?,
+            member_id: parsed(
+                "member_id",
+                MemberId::parse(fields.required_text("member_id")?),
+            )?,
+            brand_id: parsed(
+                "brand_id",
+                BrandId::parse(fields.required_text("brand_id")?),
+            )?,
+            score: parsed(
+                "score",
+                AffinityScore::new(fields.required_number("score")?),
+            )?,
         })
     }
 
@@ -522,9 +561,15 @@ impl ImportRow for AffinityInput {
             .iter()
             .map(|a| {
                 if members.contains(a.member_id.as_str()) {
-                    Some(FieldError::new("member_id", format!("member {} does not exist", a.member_id)))
+                    Some(FieldError::new(
+                        "member_id",
+                        format!("member {} does not exist", a.member_id),
+                    ))
                 } else if !brands.contains(a.brand_id.as_str()) {
-                    Some(FieldError::new("brand_id", format!("brand {} does not exist", a.brand_id)))
+                    Some(FieldError::new(
+                        "brand_id",
+                        format!("brand {} does not exist", a.brand_id),
+                    ))
                 } else {
                     None
                 }
@@ -544,7 +589,10 @@ impl ImportRow for SubscriptionInput {
 
     fn from_fields(fields: &Fields) -> Result<Self, FieldError> {
         Ok(SubscriptionInput {
-            member_id: parsed("member_id", MemberId::parse(fields.required_text("member_id")?))?,
+            member_id: parsed(
+                "member_id",
+                MemberId::parse(fields.required_text("member_id")?),
+            )?,
             subscribed: fields.required_bool("subscribed")?,
             email_type: fields
                 .text("email_type")?
@@ -567,7 +615,10 @@ impl ImportRow for SubscriptionInput {
             .iter()
             .map(|s| {
                 members.contains(s.member_id.as_str()).then(|| {
-                    FieldError::new("member_id", format!("member {} does not exist", s.member_id))
+                    FieldError::new(
+                        "member_id",
+                        format!("member {} does not exist", s.member_id),
+                    )
                 })
             })
             .collect())
@@ -596,19 +647,25 @@ impl Fields<'_> {
             Fields::Json(map) => match map.get(field) {
                 None | Some(serde_json::Value::Null) => Ok(None),
                 Some(serde_json::Value::String(s)) => Ok(Some(s.trim()).filter(|s| !s.is_empty())),
-                Some(other) => Err(FieldError::new(field, format!("must be a string, not {}", json_kind(other)))),
+                Some(other) => Err(FieldError::new(
+                    field,
+                    format!("must be a string, not {}", json_kind(other)),
+                )),
             },
         }
     }
 
     fn required_text(&self, field: &str) -> Result<&str, FieldError> {
-        self.text(field)?.ok_or_else(|| FieldError::new(field, "is required"))
+        self.text(field)?
+            .ok_or_else(|| FieldError::new(field, "is required"))
     }
 
     fn required_number(&self, field: &str) -> Result<f64, FieldError> {
         match self {
             Fields::Csv { .. } => {
-                let text = self.cell(field).ok_or_else(|| FieldError::new(field, "is required"))?;
+                let text = self
+                    .cell(field)
+                    .ok_or_else(|| FieldError::new(field, "is required"))?;
                 text.trim()
                     .parse::<f64>()
                     .map_err(|_| FieldError::new(field, format!("{text:?} is not a number")))
@@ -618,7 +675,10 @@ impl Fields<'_> {
                 Some(serde_json::Value::Number(n)) => n
                     .as_f64()
                     .ok_or_else(|| FieldError::new(field, "is not a representable number")),
-                Some(other) => Err(FieldError::new(field, format!("must be a number, not {}", json_kind(other)))),
+                Some(other) => Err(FieldError::new(
+                    field,
+                    format!("must be a number, not {}", json_kind(other)),
+                )),
             },
         }
     }
@@ -626,23 +686,36 @@ impl Fields<'_> {
     fn required_bool(&self, field: &str) -> Result<bool, FieldError> {
         match self {
             Fields::Csv { .. } => {
-                let text = self.cell(field).ok_or_else(|| FieldError::new(field, "is required"))?;
+                let text = self
+                    .cell(field)
+                    .ok_or_else(|| FieldError::new(field, "is required"))?;
                 match text.trim().to_ascii_lowercase().as_str() {
                     "true" | "1" | "yes" => Ok(true),
                     "false" | "0" | "no" => Ok(false),
-                    _ => Err(FieldError::new(field, format!("{text:?} is not true or false"))),
+                    _ => Err(FieldError::new(
+                        field,
+                        format!("{text:?} is not true or false"),
+                    )),
                 }
             }
             Fields::Json(map) => match map.get(field) {
                 None | Some(serde_json::Value::Null) => Err(FieldError::new(field, "is required")),
                 Some(serde_json::Value::Bool(b)) => Ok(*b),
-                Some(other) => Err(FieldError::new(field, format!("must be true or false, not {}", json_kind(other)))),
+                Some(other) => Err(FieldError::new(
+                    field,
+                    format!("must be true or false, not {}", json_kind(other)),
+                )),
             },
         }
     }
 
     fn cell(&self, field: &str) -> Option<&str> {
-        let Fields::Csv { header, columns, cells } = self else {
+        let Fields::Csv {
+            header,
+            columns,
+            cells,
+        } = self
+        else {
             return None;
         };
         let column = columns.iter().position(|c| *c == field)?;
@@ -676,7 +749,8 @@ struct Lines<R> {
 enum LineFormat {
     Ndjson,
     Csv {
-        reader: csv_core::Reader,
+        /// Boxed: the parser's tables are large and there is one per import.
+        reader: Box<csv_core::Reader>,
         /// For each header cell, the index of its column in `columns`.
         header: Vec<usize>,
         ends: Vec<usize>,
@@ -697,7 +771,7 @@ impl<R: AsyncBufRead + Unpin + Send> Lines<R> {
             format: match format {
                 ImportFormat::Ndjson => LineFormat::Ndjson,
                 ImportFormat::Csv => LineFormat::Csv {
-                    reader: csv_core::Reader::new(),
+                    reader: Box::new(csv_core::Reader::new()),
                     header: Vec::new(),
                     ends: vec![0; MAX_FIELDS],
                 },
@@ -713,27 +787,36 @@ impl<R: AsyncBufRead + Unpin + Send> Lines<R> {
     }
 
     async fn read_header(&mut self, required: &[&str]) -> Result<(), ImportError> {
-        let (_, record) = self
-            .csv_record()
-            .await?
-            .ok_or_else(|| ImportError::Header("the input is empty; the first line must name the columns".into()))?;
+        let (_, record) = self.csv_record().await?.ok_or_else(|| {
+            ImportError::Header("the input is empty; the first line must name the columns".into())
+        })?;
         let cells = record.map_err(|e| ImportError::Header(e.message))?;
         let mut header = Vec::with_capacity(cells.len());
         for cell in &cells {
             let name = cell.trim();
-            let column = self.columns.iter().position(|c| *c == name).ok_or_else(|| {
-                ImportError::Header(format!(
-                    "column {name:?} is unknown; the columns are {}",
-                    self.columns.join(", ")
-                ))
-            })?;
+            let column = self
+                .columns
+                .iter()
+                .position(|c| *c == name)
+                .ok_or_else(|| {
+                    ImportError::Header(format!(
+                        "column {name:?} is unknown; the columns are {}",
+                        self.columns.join(", ")
+                    ))
+                })?;
             if header.contains(&column) {
-                return Err(ImportError::Header(format!("column {name:?} appears twice")));
+                return Err(ImportError::Header(format!(
+                    "column {name:?} appears twice"
+                )));
             }
             header.push(column);
         }
         for name in required {
-            let column = self.columns.iter().position(|c| c == name).unwrap_or(usize::MAX);
+            let column = self
+                .columns
+                .iter()
+                .position(|c| c == name)
+                .unwrap_or(usize::MAX);
             if !header.contains(&column) {
                 return Err(ImportError::Header(format!(
                     "the required column {name:?} is missing (required: {})",
@@ -793,16 +876,29 @@ impl<R: AsyncBufRead + Unpin + Send> Lines<R> {
                 continue;
             }
             let parsed = match serde_json::from_slice::<serde_json::Value>(&self.buf) {
-                Ok(serde_json::Value::Object(map)) => match map.keys().find(|k| !self.columns.contains(&k.as_str())) {
-                    Some(unknown) => Err(FieldError::new(
-                        unknown,
-                        format!("is not a field of this import; the fields are {}", self.columns.join(", ")),
-                    )
-                    .at(line)),
-                    None => Ok(Fields::Json(map)),
-                },
-                Ok(other) => Err(FieldError::line(format!("must be a JSON object, not {}", json_kind(&other))).at(line)),
-                Err(e) => Err(FieldError::line(format!("is not valid JSON: {}", strip_position(&e.to_string()))).at(line)),
+                Ok(serde_json::Value::Object(map)) => {
+                    match map.keys().find(|k| !self.columns.contains(&k.as_str())) {
+                        Some(unknown) => Err(FieldError::new(
+                            unknown,
+                            format!(
+                                "is not a field of this import; the fields are {}",
+                                self.columns.join(", ")
+                            ),
+                        )
+                        .at(line)),
+                        None => Ok(Fields::Json(map)),
+                    }
+                }
+                Ok(other) => Err(FieldError::line(format!(
+                    "must be a JSON object, not {}",
+                    json_kind(&other)
+                ))
+                .at(line)),
+                Err(e) => Err(FieldError::line(format!(
+                    "is not valid JSON: {}",
+                    strip_position(&e.to_string())
+                ))
+                .at(line)),
             };
             return Ok(Some((line, parsed)));
         }
@@ -838,7 +934,9 @@ impl<R: AsyncBufRead + Unpin + Send> Lines<R> {
     }
 
     /// The next CSV record with the line it starts on.
-    async fn csv_record(&mut self) -> Result<Option<(u64, Result<Vec<String>, LineError>)>, ImportError> {
+    async fn csv_record(
+        &mut self,
+    ) -> Result<Option<(u64, Result<Vec<String>, LineError>)>, ImportError> {
         let LineFormat::Csv { reader, ends, .. } = &mut self.format else {
             return Ok(None);
         };
@@ -879,7 +977,11 @@ impl<R: AsyncBufRead + Unpin + Send> Lines<R> {
                 csv_core::ReadRecordResult::Record => {
                     // After a terminator the reader's line count is already
                     // on the next line; at the end of input it is not.
-                    let end_line = if at_end { reader.line() } else { reader.line() - 1 };
+                    let end_line = if at_end {
+                        reader.line()
+                    } else {
+                        reader.line() - 1
+                    };
                     let line = end_line.saturating_sub(newlines_in_record).max(1);
                     self.line = reader.line();
                     let record = if too_long {
@@ -887,7 +989,8 @@ impl<R: AsyncBufRead + Unpin + Send> Lines<R> {
                     } else if too_many_fields {
                         Err(FieldError::line(format!("has more than {MAX_FIELDS} fields")).at(line))
                     } else {
-                        split_record(&self.buf[..out_len], &ends[..ends_len]).map_err(|e| e.at(line))
+                        split_record(&self.buf[..out_len], &ends[..ends_len])
+                            .map_err(|e| e.at(line))
                     };
                     return Ok(Some((line, record)));
                 }
@@ -942,20 +1045,28 @@ impl Spool {
         .map_err(|e| ImportError::Spool(std::io::Error::other(e)))?
         .map_err(ImportError::Spool)?;
         Ok(Self {
-            writer: tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file)),
+            writer: tokio::io::BufWriter::with_capacity(
+                256 * 1024,
+                tokio::fs::File::from_std(file),
+            ),
         })
     }
 
     async fn write<T: Serialize>(&mut self, row: &T) -> Result<(), ImportError> {
         let mut line = serde_json::to_vec(row).map_err(|e| ImportError::Spool(e.into()))?;
         line.push(b'\n');
-        self.writer.write_all(&line).await.map_err(ImportError::Spool)
+        self.writer
+            .write_all(&line)
+            .await
+            .map_err(ImportError::Spool)
     }
 
     async fn read_back(mut self) -> Result<SpoolReader, ImportError> {
         self.writer.flush().await.map_err(ImportError::Spool)?;
         let mut file = self.writer.into_inner();
-        file.seek(SeekFrom::Start(0)).await.map_err(ImportError::Spool)?;
+        file.seek(SeekFrom::Start(0))
+            .await
+            .map_err(ImportError::Spool)?;
         Ok(SpoolReader {
             lines: BufReader::with_capacity(256 * 1024, file).lines(),
         })

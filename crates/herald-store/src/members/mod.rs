@@ -209,15 +209,15 @@ pub trait MemberStore: Send + Sync {
     async fn suppression(&self, address: &str) -> Result<Option<Suppression>, StoreError>;
 
     /// In address order.
-    async fn list_suppressions(&self, page: &PageRequest)
-        -> Result<Page<Suppression>, StoreError>;
+    async fn list_suppressions(&self, page: &PageRequest) -> Result<Page<Suppression>, StoreError>;
 
     /// Lifts a suppression; [`StoreError::NotFound`] if there is none.
     async fn unsuppress(&self, address: &str) -> Result<(), StoreError>;
 
     async fn cadence_policy(&self) -> Result<CadencePolicy, StoreError>;
 
-    async fn set_cadence_policy(&self, policy: &CadencePolicy) -> Result<CadencePolicy, StoreError>;
+    async fn set_cadence_policy(&self, policy: &CadencePolicy)
+        -> Result<CadencePolicy, StoreError>;
 }
 
 /// A member as written: validated fields, normalized address, timestamps.
@@ -343,11 +343,12 @@ fn member_not_found(id: &str) -> StoreError {
 
 fn check_name(field: &'static str, name: Option<&String>) -> Result<(), StoreError> {
     match name {
-        Some(name) => check_text(field, name, MAX_MEMBER_NAME_CHARS)
-            .map_err(|e| StoreError::InvalidInput {
+        Some(name) => {
+            check_text(field, name, MAX_MEMBER_NAME_CHARS).map_err(|e| StoreError::InvalidInput {
                 field,
                 message: e.to_string(),
-            }),
+            })
+        }
         None => Ok(()),
     }
 }
@@ -421,13 +422,12 @@ impl<S: MemberSql> MemberStore for Members<S> {
 
     async fn update(&self, id: &str, patch: &MemberPatch) -> Result<Member, StoreError> {
         let current = self.get(id).await?.ok_or_else(|| member_not_found(id))?;
-        let parse = |field: &'static str, e: herald_core::catalog::InvalidValue| {
-            StoreError::Corrupt {
+        let parse =
+            |field: &'static str, e: herald_core::catalog::InvalidValue| StoreError::Corrupt {
                 backend: S::BACKEND,
                 what: "member",
                 message: format!("member {id}: {field}: {e}"),
-            }
-        };
+            };
         let keep_or = |patched: &Option<Option<String>>, current: &Option<String>| {
             patched.clone().unwrap_or_else(|| current.clone())
         };
@@ -615,7 +615,9 @@ impl<S: MemberSql> MemberStore for Members<S> {
             )
         })
         .collect();
-        self.sql.upsert_subscriptions(&rows, self.clock.now()).await?;
+        self.sql
+            .upsert_subscriptions(&rows, self.clock.now())
+            .await?;
         Ok(subscriptions.len() as u64)
     }
 
@@ -655,10 +657,7 @@ impl<S: MemberSql> MemberStore for Members<S> {
             .transpose()
     }
 
-    async fn list_suppressions(
-        &self,
-        page: &PageRequest,
-    ) -> Result<Page<Suppression>, StoreError> {
+    async fn list_suppressions(&self, page: &PageRequest) -> Result<Page<Suppression>, StoreError> {
         let limit = page.effective_limit();
         let rows = self
             .sql
@@ -694,10 +693,17 @@ impl<S: MemberSql> MemberStore for Members<S> {
             .map_err(|e| corrupt(e.to_string()))
     }
 
-    async fn set_cadence_policy(&self, policy: &CadencePolicy) -> Result<CadencePolicy, StoreError> {
+    async fn set_cadence_policy(
+        &self,
+        policy: &CadencePolicy,
+    ) -> Result<CadencePolicy, StoreError> {
         let window_secs = i64::try_from(policy.window().as_secs()).unwrap_or(i64::MAX);
         self.sql
-            .set_cadence(i64::from(policy.max_alerts()), window_secs, self.clock.now())
+            .set_cadence(
+                i64::from(policy.max_alerts()),
+                window_secs,
+                self.clock.now(),
+            )
             .await?;
         Ok(*policy)
     }

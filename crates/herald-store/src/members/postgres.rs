@@ -45,7 +45,8 @@ impl MemberSql for PgMemberSql {
         }
         let mut tx = self.0.begin().await.map_err(failed("upsert members"))?;
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Postgres>::new(format!("INSERT INTO members ({MEMBER_COLUMNS}) "));
+            let mut query =
+                QueryBuilder::<Postgres>::new(format!("INSERT INTO members ({MEMBER_COLUMNS}) "));
             query.push_values(chunk, |mut row, m| {
                 row.push_bind(&m.id)
                     .push_bind(&m.email)
@@ -76,11 +77,13 @@ impl MemberSql for PgMemberSql {
     }
 
     async fn member(&self, id: &str) -> Result<Option<MemberRow>, StoreError> {
-        sqlx::query_as(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.0)
-            .await
-            .map_err(failed("read member"))
+        sqlx::query_as(&format!(
+            "SELECT {MEMBER_COLUMNS} FROM members WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.0)
+        .await
+        .map_err(failed("read member"))
     }
 
     async fn members(
@@ -186,13 +189,16 @@ impl MemberSql for PgMemberSql {
             let mut query = QueryBuilder::<Postgres>::new(
                 "INSERT INTO subscriptions (member_id, email_type, subscribed, source, updated_at) ",
             );
-            query.push_values(chunk, |mut row, (member_id, email_type, subscribed, source)| {
-                row.push_bind(*member_id)
-                    .push_bind(*email_type)
-                    .push_bind(*subscribed)
-                    .push_bind(*source)
-                    .push_bind(now.millis());
-            });
+            query.push_values(
+                chunk,
+                |mut row, (member_id, email_type, subscribed, source)| {
+                    row.push_bind(*member_id)
+                        .push_bind(*email_type)
+                        .push_bind(*subscribed)
+                        .push_bind(*source)
+                        .push_bind(now.millis());
+                },
+            );
             query.push(
                 " ON CONFLICT (member_id, email_type) DO UPDATE SET \
                  subscribed = excluded.subscribed, source = excluded.source, \

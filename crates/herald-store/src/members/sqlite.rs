@@ -44,9 +44,15 @@ impl MemberSql for SqliteMemberSql {
         if records.is_empty() {
             return Ok(());
         }
-        let mut tx = self.0.writer.begin().await.map_err(failed("upsert members"))?;
+        let mut tx = self
+            .0
+            .writer
+            .begin()
+            .await
+            .map_err(failed("upsert members"))?;
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Sqlite>::new(format!("INSERT INTO members ({MEMBER_COLUMNS}) "));
+            let mut query =
+                QueryBuilder::<Sqlite>::new(format!("INSERT INTO members ({MEMBER_COLUMNS}) "));
             query.push_values(chunk, |mut row, m| {
                 row.push_bind(&m.id)
                     .push_bind(&m.email)
@@ -77,11 +83,13 @@ impl MemberSql for SqliteMemberSql {
     }
 
     async fn member(&self, id: &str) -> Result<Option<MemberRow>, StoreError> {
-        sqlx::query_as(&format!("SELECT {MEMBER_COLUMNS} FROM members WHERE id = ?1"))
-            .bind(id)
-            .fetch_optional(&self.0.reader)
-            .await
-            .map_err(failed("read member"))
+        sqlx::query_as(&format!(
+            "SELECT {MEMBER_COLUMNS} FROM members WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.0.reader)
+        .await
+        .map_err(failed("read member"))
     }
 
     async fn members(
@@ -139,7 +147,12 @@ impl MemberSql for SqliteMemberSql {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.0.writer.begin().await.map_err(failed("set affinities"))?;
+        let mut tx = self
+            .0
+            .writer
+            .begin()
+            .await
+            .map_err(failed("set affinities"))?;
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut query = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO affinities (member_id, brand_id, score, updated_at) ",
@@ -192,18 +205,26 @@ impl MemberSql for SqliteMemberSql {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.0.writer.begin().await.map_err(failed("set subscriptions"))?;
+        let mut tx = self
+            .0
+            .writer
+            .begin()
+            .await
+            .map_err(failed("set subscriptions"))?;
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut query = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO subscriptions (member_id, email_type, subscribed, source, updated_at) ",
             );
-            query.push_values(chunk, |mut row, (member_id, email_type, subscribed, source)| {
-                row.push_bind(*member_id)
-                    .push_bind(*email_type)
-                    .push_bind(*subscribed)
-                    .push_bind(*source)
-                    .push_bind(now.millis());
-            });
+            query.push_values(
+                chunk,
+                |mut row, (member_id, email_type, subscribed, source)| {
+                    row.push_bind(*member_id)
+                        .push_bind(*email_type)
+                        .push_bind(*subscribed)
+                        .push_bind(*source)
+                        .push_bind(now.millis());
+                },
+            );
             query.push(
                 " ON CONFLICT (member_id, email_type) DO UPDATE SET \
                  subscribed = excluded.subscribed, source = excluded.source, \

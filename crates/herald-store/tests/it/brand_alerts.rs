@@ -644,13 +644,7 @@ async fn audience_lists_members_over_the_threshold_with_their_exclusion(db: Test
     // a07 got another alert a day ago; a08 got one eight days ago and a
     // failed one today; a01 has a row of this very alert (a resumed build).
     let claimed = alerts
-        .claim_sends(
-            &other.id,
-            &brands(&["a07"]),
-            &cadence,
-            CLAIM_TTL,
-            now.plus(DAY * 0),
-        )
+        .claim_sends(&other.id, &brands(&["a07"]), &cadence, CLAIM_TTL, now)
         .await
         .unwrap();
     assert!(matches!(claimed[0], ClaimOutcome::Claimed { .. }));

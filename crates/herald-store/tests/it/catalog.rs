@@ -110,7 +110,10 @@ async fn brands_are_created_read_renamed_and_deleted(db: TestDb) {
 async fn creating_a_brand_twice_conflicts_but_upsert_renames(db: TestDb) {
     let catalog = db.store.catalog();
     catalog.create_brand(&brand("b1"), "One").await.unwrap();
-    let err = catalog.create_brand(&brand("b1"), "Again").await.unwrap_err();
+    let err = catalog
+        .create_brand(&brand("b1"), "Again")
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
     assert_eq!(catalog.get_brand("b1").await.unwrap().unwrap().name, "One");
 
@@ -163,8 +166,16 @@ async fn deleting_a_brand_removes_its_affinities(db: TestDb) {
     use herald_core::catalog::{AffinityScore, EmailAddress, MemberId, MemberStatus};
     use herald_store::members::MemberInput;
 
-    db.store.catalog().create_brand(&brand("b1"), "One").await.unwrap();
-    db.store.catalog().create_brand(&brand("b2"), "Two").await.unwrap();
+    db.store
+        .catalog()
+        .create_brand(&brand("b1"), "One")
+        .await
+        .unwrap();
+    db.store
+        .catalog()
+        .create_brand(&brand("b2"), "Two")
+        .await
+        .unwrap();
     let member = MemberInput {
         id: MemberId::parse("m1").unwrap(),
         email: EmailAddress::parse("m1@example.com").unwrap(),
@@ -202,7 +213,10 @@ async fn sales_are_created_updated_and_listed_by_brand(db: TestDb) {
     let second = catalog.create_sale(&new_sale("b2")).await.unwrap();
     let third = catalog.create_sale(&new_sale("b1")).await.unwrap();
     assert!(uuid::Uuid::parse_str(&first.id).is_ok(), "{}", first.id);
-    assert_eq!(catalog.get_sale(&first.id).await.unwrap(), Some(first.clone()));
+    assert_eq!(
+        catalog.get_sale(&first.id).await.unwrap(),
+        Some(first.clone())
+    );
     assert_eq!(catalog.get_sale("nope").await.unwrap(), None);
 
     let all = catalog.list_sales(&SaleFilter::default()).await.unwrap();
@@ -256,7 +270,13 @@ async fn sale_for_an_unknown_brand_is_invalid_input(db: TestDb) {
     let catalog = db.store.catalog();
     let err = catalog.create_sale(&new_sale("ghost")).await.unwrap_err();
     assert!(
-        matches!(err, StoreError::InvalidInput { field: "brand_id", .. }),
+        matches!(
+            err,
+            StoreError::InvalidInput {
+                field: "brand_id",
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(catalog
@@ -274,10 +294,19 @@ async fn sale_for_an_unknown_brand_is_invalid_input(db: TestDb) {
     };
     let err = catalog.update_sale(&sale.id, &patch).await.unwrap_err();
     assert!(
-        matches!(err, StoreError::InvalidInput { field: "brand_id", .. }),
+        matches!(
+            err,
+            StoreError::InvalidInput {
+                field: "brand_id",
+                ..
+            }
+        ),
         "{err}"
     );
-    assert_eq!(catalog.get_sale(&sale.id).await.unwrap().unwrap().brand_id, "b1");
+    assert_eq!(
+        catalog.get_sale(&sale.id).await.unwrap().unwrap().brand_id,
+        "b1"
+    );
 }
 
 async fn sale_ending_before_it_starts_is_refused(db: TestDb) {
@@ -287,7 +316,13 @@ async fn sale_ending_before_it_starts_is_refused(db: TestDb) {
     sale.ends_at = Some(sale.starts_at);
     let err = catalog.create_sale(&sale).await.unwrap_err();
     assert!(
-        matches!(err, StoreError::InvalidInput { field: "ends_at", .. }),
+        matches!(
+            err,
+            StoreError::InvalidInput {
+                field: "ends_at",
+                ..
+            }
+        ),
         "{err}"
     );
     let ok = catalog.create_sale(&new_sale("b1")).await.unwrap();
@@ -297,7 +332,10 @@ async fn sale_ending_before_it_starts_is_refused(db: TestDb) {
     };
     assert!(matches!(
         catalog.update_sale(&ok.id, &patch).await,
-        Err(StoreError::InvalidInput { field: "ends_at", .. })
+        Err(StoreError::InvalidInput {
+            field: "ends_at",
+            ..
+        })
     ));
 }
 
@@ -319,13 +357,25 @@ async fn sale_used_by_an_alert_cannot_be_deleted(db: TestDb) {
 
 async fn templates_have_unique_names(db: TestDb) {
     let catalog = db.store.catalog();
-    let welcome = catalog.create_template(&new_template("welcome")).await.unwrap();
-    assert_eq!(catalog.get_template(&welcome.id).await.unwrap(), Some(welcome.clone()));
-    let err = catalog.create_template(&new_template("welcome")).await.unwrap_err();
+    let welcome = catalog
+        .create_template(&new_template("welcome"))
+        .await
+        .unwrap();
+    assert_eq!(
+        catalog.get_template(&welcome.id).await.unwrap(),
+        Some(welcome.clone())
+    );
+    let err = catalog
+        .create_template(&new_template("welcome"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
     assert!(err.to_string().contains("welcome"), "{err}");
 
-    let other = catalog.create_template(&new_template("other")).await.unwrap();
+    let other = catalog
+        .create_template(&new_template("other"))
+        .await
+        .unwrap();
     let rename = TemplatePatch {
         name: Some("welcome".into()),
         ..TemplatePatch::default()
@@ -348,7 +398,10 @@ async fn templates_have_unique_names(db: TestDb) {
     assert_eq!(updated.html, welcome.html);
     assert_eq!(updated.updated_at, db.clock_now());
 
-    let page = catalog.list_templates(&PageRequest::first(10)).await.unwrap();
+    let page = catalog
+        .list_templates(&PageRequest::first(10))
+        .await
+        .unwrap();
     assert_eq!(page.items, vec![updated, other.clone()]);
 
     catalog.delete_template(&other.id).await.unwrap();

@@ -43,7 +43,13 @@ async fn run(
 ) -> Result<ImportReport, ImportError> {
     let mut options = ImportOptions::new(kind, format);
     options.skip_invalid = skip_invalid;
-    import(store, io::Cursor::new(input.as_bytes().to_vec()), &options, |_| {}).await
+    import(
+        store,
+        io::Cursor::new(input.as_bytes().to_vec()),
+        &options,
+        |_| {},
+    )
+    .await
 }
 
 async fn ok(store: &Store, kind: ImportKind, format: ImportFormat, input: &str) -> ImportReport {
@@ -119,21 +125,37 @@ async fn members_import_from_ndjson_and_csv(db: TestDb) {
 
 async fn one_bad_line_stores_nothing_by_default(db: TestDb) {
     let input = "id,email\nm1,a@example.com\nm2,not-an-address\nm3,c@example.com\n";
-    let report = run(&db.store, ImportKind::Members, ImportFormat::Csv, false, input)
-        .await
-        .unwrap();
+    let report = run(
+        &db.store,
+        ImportKind::Members,
+        ImportFormat::Csv,
+        false,
+        input,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.rows, 3);
     assert_eq!(report.applied, 0);
     assert_eq!(lines_of(&report), [(3, Some("email"))]);
-    assert!(report.invalid[0].message.contains("not-an-address"), "{report:?}");
+    assert!(
+        report.invalid[0].message.contains("not-an-address"),
+        "{report:?}"
+    );
     assert_eq!(member_count(&db.store).await, 0, "nothing stored");
 }
 
 async fn skip_invalid_stores_the_good_lines(db: TestDb) {
-    let input = "id,email\nm1,a@example.com\nm2,not-an-address\nm 3,c@example.com\nm4,d@example.com\n";
-    let report = run(&db.store, ImportKind::Members, ImportFormat::Csv, true, input)
-        .await
-        .unwrap();
+    let input =
+        "id,email\nm1,a@example.com\nm2,not-an-address\nm 3,c@example.com\nm4,d@example.com\n";
+    let report = run(
+        &db.store,
+        ImportKind::Members,
+        ImportFormat::Csv,
+        true,
+        input,
+    )
+    .await
+    .unwrap();
     assert_eq!((report.rows, report.applied), (4, 2));
     assert_eq!(lines_of(&report), [(3, Some("email")), (4, Some("id"))]);
     assert!(db.store.members().get("m1").await.unwrap().is_some());
@@ -160,9 +182,15 @@ async fn malformed_ndjson_lines_are_named_by_line_number(db: TestDb) {
         r#"{"id":"m11","email":"h@example.com"}"#,
     ]
     .join("\n");
-    let report = run(&db.store, ImportKind::Members, ImportFormat::Ndjson, true, &input)
-        .await
-        .unwrap();
+    let report = run(
+        &db.store,
+        ImportKind::Members,
+        ImportFormat::Ndjson,
+        true,
+        &input,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         lines_of(&report),
         [
@@ -182,7 +210,11 @@ async fn malformed_ndjson_lines_are_named_by_line_number(db: TestDb) {
     assert!(report.invalid[3].message.contains("must be a string"));
     assert!(report.invalid[4].message.contains("required"));
     assert!(report.invalid[5].message.contains("longer than"));
-    assert_eq!((report.rows, report.applied), (9, 2), "blank lines are not rows");
+    assert_eq!(
+        (report.rows, report.applied),
+        (9, 2),
+        "blank lines are not rows"
+    );
     assert!(db.store.members().get("m11").await.unwrap().is_some());
 }
 
@@ -195,9 +227,15 @@ async fn malformed_csv_records_are_named_by_line_number(db: TestDb) {
                  m4,d@example.com,\"quoted \"\"name\"\"\"\n\
                  m5,e@example.com,\u{1}\n\
                  m6,f@example.com,ok";
-    let report = run(&db.store, ImportKind::Members, ImportFormat::Csv, true, input)
-        .await
-        .unwrap();
+    let report = run(
+        &db.store,
+        ImportKind::Members,
+        ImportFormat::Csv,
+        true,
+        input,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         lines_of(&report),
         [(2, Some("name")), (4, None), (5, None), (7, Some("name"))],
@@ -205,7 +243,9 @@ async fn malformed_csv_records_are_named_by_line_number(db: TestDb) {
         report.invalid
     );
     assert!(report.invalid[0].message.contains("control character"));
-    assert!(report.invalid[1].message.contains("has 2 fields; the header has 3"));
+    assert!(report.invalid[1]
+        .message
+        .contains("has 2 fields; the header has 3"));
     assert_eq!((report.rows, report.applied), (6, 2));
     let m4 = db.store.members().get("m4").await.unwrap().unwrap();
     assert_eq!(m4.name.as_deref(), Some("quoted \"name\""));
@@ -219,9 +259,15 @@ async fn csv_header_problems_stop_the_import(db: TestDb) {
         ("id,name\nm1,Ann\n", "required column \"email\""),
         ("id,email,id\nm1,a@example.com,m1\n", "appears twice"),
     ] {
-        let err = run(&db.store, ImportKind::Members, ImportFormat::Csv, true, input)
-            .await
-            .unwrap_err();
+        let err = run(
+            &db.store,
+            ImportKind::Members,
+            ImportFormat::Csv,
+            true,
+            input,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, ImportError::Header(_)), "{input:?}: {err}");
         assert!(err.to_string().contains(expected), "{input:?}: {err}");
     }
@@ -262,9 +308,15 @@ async fn unknown_members_and_brands_are_line_errors(db: TestDb) {
                  m1,nope,0.5\n\
                  m1,b1,1.5\n\
                  m1,b1,high\n";
-    let report = run(&db.store, ImportKind::Affinities, ImportFormat::Csv, false, input)
-        .await
-        .unwrap();
+    let report = run(
+        &db.store,
+        ImportKind::Affinities,
+        ImportFormat::Csv,
+        false,
+        input,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         lines_of(&report),
         [
@@ -274,17 +326,33 @@ async fn unknown_members_and_brands_are_line_errors(db: TestDb) {
             (6, Some("score")),
         ]
     );
-    assert!(report.invalid[0].message.contains("member ghost does not exist"));
-    assert!(report.invalid[1].message.contains("brand nope does not exist"));
+    assert!(report.invalid[0]
+        .message
+        .contains("member ghost does not exist"));
+    assert!(report.invalid[1]
+        .message
+        .contains("brand nope does not exist"));
     assert_eq!(report.applied, 0);
-    assert!(db.store.members().affinities("m1").await.unwrap().is_empty());
+    assert!(db
+        .store
+        .members()
+        .affinities("m1")
+        .await
+        .unwrap()
+        .is_empty());
 
     let subs = "{\"member_id\":\"ghost\",\"subscribed\":false}\n\
                 {\"member_id\":\"m1\",\"subscribed\":\"no\"}\n\
                 {\"member_id\":\"m1\",\"subscribed\":false,\"email_type\":\"Bad-Type\"}\n";
-    let report = run(&db.store, ImportKind::Subscriptions, ImportFormat::Ndjson, false, subs)
-        .await
-        .unwrap();
+    let report = run(
+        &db.store,
+        ImportKind::Subscriptions,
+        ImportFormat::Ndjson,
+        false,
+        subs,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         lines_of(&report),
         [
@@ -307,7 +375,13 @@ async fn subscriptions_import_with_defaults(db: TestDb) {
                  m1,false,,\n\
                  m2,yes,weekly_digest,crm\n\
                  m2,0,,\n";
-    let report = ok(&db.store, ImportKind::Subscriptions, ImportFormat::Csv, input).await;
+    let report = ok(
+        &db.store,
+        ImportKind::Subscriptions,
+        ImportFormat::Csv,
+        input,
+    )
+    .await;
     assert_eq!(report.applied, 3);
     let m1 = db.store.members().subscriptions("m1").await.unwrap();
     assert_eq!(m1.len(), 1);
@@ -338,9 +412,15 @@ async fn reported_errors_are_capped(db: TestDb) {
         input.push_str(&format!("m{i},bad\n"));
     }
     input.push_str("ok,ok@example.com\n");
-    let report = run(&db.store, ImportKind::Members, ImportFormat::Csv, true, &input)
-        .await
-        .unwrap();
+    let report = run(
+        &db.store,
+        ImportKind::Members,
+        ImportFormat::Csv,
+        true,
+        &input,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.invalid.len(), MAX_REPORTED_ERRORS);
     assert_eq!(report.truncated_errors, 50);
     assert_eq!(report.invalid_rows(), (MAX_REPORTED_ERRORS + 50) as u64);
@@ -353,9 +433,21 @@ async fn running_an_import_again_changes_nothing(db: TestDb) {
     let members = "id,email\nm1,a@example.com\nm2,b@example.com\n";
     ok(&db.store, ImportKind::Members, ImportFormat::Csv, members).await;
     let affinities = "member_id,brand_id,score\nm1,b1,0.5\nm1,b2,0.25\nm2,b1,1\n";
-    let first = ok(&db.store, ImportKind::Affinities, ImportFormat::Csv, affinities).await;
+    let first = ok(
+        &db.store,
+        ImportKind::Affinities,
+        ImportFormat::Csv,
+        affinities,
+    )
+    .await;
     let before = db.store.members().affinities("m1").await.unwrap();
-    let again = ok(&db.store, ImportKind::Affinities, ImportFormat::Csv, affinities).await;
+    let again = ok(
+        &db.store,
+        ImportKind::Affinities,
+        ImportFormat::Csv,
+        affinities,
+    )
+    .await;
     assert_eq!(first, again);
     assert_eq!(db.store.members().affinities("m1").await.unwrap(), before);
     assert_eq!(member_count(&db.store).await, 2);
@@ -381,8 +473,10 @@ impl AsyncRead for AffinityLines {
         while this.pending.len() < buf.remaining() && this.next < this.members * this.brands {
             let (m, b) = (this.next / this.brands, this.next % this.brands);
             let score = (this.next % 100) as f64 / 100.0;
-            this.pending
-                .extend_from_slice(format!("{{\"member_id\":\"m{m:06}\",\"brand_id\":\"b{b}\",\"score\":{score}}}\n").as_bytes());
+            this.pending.extend_from_slice(
+                format!("{{\"member_id\":\"m{m:06}\",\"brand_id\":\"b{b}\",\"score\":{score}}}\n")
+                    .as_bytes(),
+            );
             this.next += 1;
         }
         let n = this.pending.len().min(buf.remaining());
@@ -421,7 +515,11 @@ async fn large_affinity_import_streams(db: TestDb) {
         &db.store,
         input,
         &ImportOptions::new(ImportKind::Affinities, ImportFormat::Ndjson),
-        move |p| seen.lock().unwrap().push((p, produced.load(Ordering::SeqCst))),
+        move |p| {
+            seen.lock()
+                .unwrap()
+                .push((p, produced.load(Ordering::SeqCst)))
+        },
     )
     .await
     .unwrap();
@@ -445,7 +543,9 @@ async fn large_affinity_import_streams(db: TestDb) {
         read_then * 20 < read_in_all,
         "read {read_then} of {read_in_all} bytes before the first batch was checked"
     );
-    assert!(steps.windows(2).all(|w| w[0].0.validated <= w[1].0.validated));
+    assert!(steps
+        .windows(2)
+        .all(|w| w[0].0.validated <= w[1].0.validated));
     assert_eq!(steps.last().unwrap().0.applied, total);
 
     let sample = db.store.members().affinities("m012345").await.unwrap();

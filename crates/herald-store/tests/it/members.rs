@@ -108,7 +108,10 @@ async fn members_page_and_filter_by_normalized_email(db: TestDb) {
             .await
             .unwrap();
     }
-    members.upsert(&member("m9", "M1@Example.com")).await.unwrap();
+    members
+        .upsert(&member("m9", "M1@Example.com"))
+        .await
+        .unwrap();
 
     let first = members
         .list(&MemberFilter {
@@ -146,7 +149,10 @@ async fn members_page_and_filter_by_normalized_email(db: TestDb) {
 
 async fn member_patch_changes_only_given_fields(db: TestDb) {
     let members = db.store.members();
-    members.upsert(&member("m1", "a@example.com")).await.unwrap();
+    members
+        .upsert(&member("m1", "a@example.com"))
+        .await
+        .unwrap();
     let patch = MemberPatch {
         first_name: Some(Some("Ann".into())),
         locale: Some(None),
@@ -190,7 +196,10 @@ async fn upsert_batch_lets_the_last_entry_win(db: TestDb) {
 
 async fn existing_reports_only_known_members(db: TestDb) {
     let members = db.store.members();
-    members.upsert(&member("m1", "a@example.com")).await.unwrap();
+    members
+        .upsert(&member("m1", "a@example.com"))
+        .await
+        .unwrap();
     let found = members.existing(&["m1", "m2"]).await.unwrap();
     assert_eq!(found.into_iter().collect::<Vec<_>>(), ["m1"]);
     assert!(members.existing(&[]).await.unwrap().is_empty());
@@ -200,7 +209,10 @@ async fn affinities_are_set_listed_and_deleted(db: TestDb) {
     brand(&db, "b1").await;
     brand(&db, "b2").await;
     let members = db.store.members();
-    members.upsert(&member("m1", "a@example.com")).await.unwrap();
+    members
+        .upsert(&member("m1", "a@example.com"))
+        .await
+        .unwrap();
     members.set_affinity("m1", "b2", score(0.25)).await.unwrap();
     members.set_affinity("m1", "b1", score(0.5)).await.unwrap();
     db.clock.advance(Duration::from_secs(1));
@@ -226,12 +238,27 @@ async fn affinities_are_set_listed_and_deleted(db: TestDb) {
 async fn affinity_needs_a_known_member_and_brand(db: TestDb) {
     brand(&db, "b1").await;
     let members = db.store.members();
-    let err = members.set_affinity("ghost", "b1", score(0.5)).await.unwrap_err();
+    let err = members
+        .set_affinity("ghost", "b1", score(0.5))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
-    members.upsert(&member("m1", "a@example.com")).await.unwrap();
-    let err = members.set_affinity("m1", "nope", score(0.5)).await.unwrap_err();
+    members
+        .upsert(&member("m1", "a@example.com"))
+        .await
+        .unwrap();
+    let err = members
+        .set_affinity("m1", "nope", score(0.5))
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, StoreError::InvalidInput { field: "brand_id", .. }),
+        matches!(
+            err,
+            StoreError::InvalidInput {
+                field: "brand_id",
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(members.affinities("m1").await.unwrap().is_empty());
@@ -240,21 +267,30 @@ async fn affinity_needs_a_known_member_and_brand(db: TestDb) {
 async fn deleting_a_member_removes_affinities_and_subscriptions(db: TestDb) {
     brand(&db, "b1").await;
     let members = db.store.members();
-    members.upsert(&member("m1", "a@example.com")).await.unwrap();
+    members
+        .upsert(&member("m1", "a@example.com"))
+        .await
+        .unwrap();
     members.set_affinity("m1", "b1", score(0.5)).await.unwrap();
     members
         .set_subscription("m1", &EmailType::brand_alerts(), false, "api")
         .await
         .unwrap();
     members.delete("m1").await.unwrap();
-    members.upsert(&member("m1", "a@example.com")).await.unwrap();
+    members
+        .upsert(&member("m1", "a@example.com"))
+        .await
+        .unwrap();
     assert!(members.affinities("m1").await.unwrap().is_empty());
     assert!(members.subscriptions("m1").await.unwrap().is_empty());
 }
 
 async fn subscriptions_default_to_subscribed_and_record_opt_outs(db: TestDb) {
     let members = db.store.members();
-    members.upsert(&member("m1", "a@example.com")).await.unwrap();
+    members
+        .upsert(&member("m1", "a@example.com"))
+        .await
+        .unwrap();
     assert!(members.subscriptions("m1").await.unwrap().is_empty());
 
     let alerts = EmailType::brand_alerts();
@@ -281,12 +317,18 @@ async fn subscriptions_default_to_subscribed_and_record_opt_outs(db: TestDb) {
         .collect();
     assert_eq!(
         rows,
-        [("brand_alerts", false, "api"), ("weekly_digest", true, "import")]
+        [
+            ("brand_alerts", false, "api"),
+            ("weekly_digest", true, "import")
+        ]
     );
     assert_eq!(subs[0].updated_at, db.clock_now());
     assert!(matches!(
         members.set_subscription("m1", &alerts, true, "").await,
-        Err(StoreError::InvalidInput { field: "source", .. })
+        Err(StoreError::InvalidInput {
+            field: "source",
+            ..
+        })
     ));
 }
 
@@ -332,14 +374,25 @@ async fn suppression_is_idempotent_and_keeps_the_first_since(db: TestDb) {
         members.suppression("ANN@example.com").await.unwrap(),
         Some(again)
     );
-    assert_eq!(members.suppression("other@example.com").await.unwrap(), None);
+    assert_eq!(
+        members.suppression("other@example.com").await.unwrap(),
+        None
+    );
 
     let long = "x".repeat(5000);
     let cut = members
-        .suppress("b@example.com", SuppressionReason::Manual, "ops", Some(&long))
+        .suppress(
+            "b@example.com",
+            SuppressionReason::Manual,
+            "ops",
+            Some(&long),
+        )
         .await
         .unwrap();
-    assert_eq!(cut.detail.unwrap().len(), herald_store::members::MAX_DETAIL_CHARS);
+    assert_eq!(
+        cut.detail.unwrap().len(),
+        herald_store::members::MAX_DETAIL_CHARS
+    );
 }
 
 async fn suppressions_page_and_can_be_lifted(db: TestDb) {
@@ -355,7 +408,10 @@ async fn suppressions_page_and_can_be_lifted(db: TestDb) {
             .await
             .unwrap();
     }
-    let first = members.list_suppressions(&PageRequest::first(2)).await.unwrap();
+    let first = members
+        .list_suppressions(&PageRequest::first(2))
+        .await
+        .unwrap();
     let addresses: Vec<&str> = first.items.iter().map(|s| s.address.as_str()).collect();
     assert_eq!(addresses, ["a@example.com", "b@example.com"]);
     let rest = members
@@ -383,15 +439,32 @@ async fn suppressing_a_malformed_address_is_invalid_input(db: TestDb) {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, StoreError::InvalidInput { field: "address", .. }),
+        matches!(
+            err,
+            StoreError::InvalidInput {
+                field: "address",
+                ..
+            }
+        ),
         "{err}"
     );
     let err = members
-        .suppress("a@example.com", SuppressionReason::Manual, "bad\nsource", None)
+        .suppress(
+            "a@example.com",
+            SuppressionReason::Manual,
+            "bad\nsource",
+            None,
+        )
         .await
         .unwrap_err();
     assert!(
-        matches!(err, StoreError::InvalidInput { field: "source", .. }),
+        matches!(
+            err,
+            StoreError::InvalidInput {
+                field: "source",
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(members
@@ -404,7 +477,10 @@ async fn suppressing_a_malformed_address_is_invalid_input(db: TestDb) {
 
 async fn cadence_policy_defaults_and_can_be_set(db: TestDb) {
     let members = db.store.members();
-    assert_eq!(members.cadence_policy().await.unwrap(), CadencePolicy::default());
+    assert_eq!(
+        members.cadence_policy().await.unwrap(),
+        CadencePolicy::default()
+    );
     let policy = CadencePolicy::new(5, Duration::from_secs(86_400)).unwrap();
     assert_eq!(members.set_cadence_policy(&policy).await.unwrap(), policy);
     assert_eq!(members.cadence_policy().await.unwrap(), policy);

@@ -245,3 +245,94 @@ fn serve_stops_gracefully_on_sigterm() {
         "{log}"
     );
 }
+
+/// The members in the data folder's database, read after the process ended.
+fn stored_member_ids(data: &std::path::Path) -> Vec<String> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let url = format!("sqlite://{}", data.join("data/herald.db").display());
+        let store = herald_store::Store::connect(&url).await.unwrap();
+        let page = store
+            .members()
+            .list(&herald_store::members::MemberFilter::default())
+            .await
+            .unwrap();
+        store.close().await;
+        page.items.into_iter().map(|m| m.id).collect()
+    })
+}
+
+#[test]
+fn import_reports_bad_lines_and_stores_nothing_unless_told_to_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("members.csv");
+    std::fs::write(
+        &csv,
+        "id,email,name\nm1,a@example.com,Ann\nm2,not-an-address,Bob\nm3,c@example.com,\n",
+    )
+    .unwrap();
+
+    let out = herald(dir.path(), &["import", "members", csv.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("line 3: email:"), "{err}");
+    assert!(err.contains("nothing was imported"), "{err}");
+    assert!(stored_member_ids(dir.path()).is_empty());
+
+    let out = herald(
+        dir.path(),
+        &["import", "members", csv.to_str().unwrap(), "--skip-invalid"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("line 3: email:"), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("imported 2 members") && stdout(&out).contains("1 invalid"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(stored_member_ids(dir.path()), ["m1", "m3"]);
+}
+
+#[test]
+fn import_takes_the_format_from_the_extension_or_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let ndjson = dir.path().join("members.ndjson");
+    std::fs::write(&ndjson, "{\"id\":\"m1\",\"email\":\"a@example.com\"}\n").unwrap();
+    let out = herald(dir.path(), &["import", "members", ndjson.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("imported 1 members"),
+        "{}",
+        stdout(&out)
+    );
+
+    let subs = dir.path().join("subscriptions.txt");
+    std::fs::write(&subs, "member_id,subscribed\nm1,false\n").unwrap();
+    let out = herald(
+        dir.path(),
+        &["import", "subscriptions", subs.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--format"), "{}", stderr(&out));
+    let out = herald(
+        dir.path(),
+        &[
+            "import",
+            "subscriptions",
+            subs.to_str().unwrap(),
+            "--format",
+            "csv",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = herald(dir.path(), &["import", "members", "missing.csv"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot open missing.csv"),
+        "{}",
+        stderr(&out)
+    );
+    let out = herald(dir.path(), &["import", "brands", "x.csv"]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown kind");
+}
