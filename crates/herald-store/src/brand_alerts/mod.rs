@@ -260,7 +260,8 @@ pub trait BrandAlertStore: Send + Sync {
     async fn due(&self, now: Timestamp, limit: u32) -> Result<Vec<BrandAlert>, StoreError>;
 
     /// Moves a due scheduled alert to building and stamps the start; an
-    /// alert already building is returned as it is (a resumed build).
+    /// alert already building is returned as it is (a resumed build). A
+    /// scheduled alert not due yet is a [`StoreError::Conflict`].
     async fn start_build(&self, id: &str, now: Timestamp) -> Result<BrandAlert, StoreError>;
 
     /// Up to `limit` audience candidates after member id `after`, in member
@@ -295,6 +296,7 @@ pub trait BrandAlertStore: Send + Sync {
     async fn record_build_step(&self, id: &str, step: &BuildStep) -> Result<(), StoreError>;
 
     /// Building → sending; the audience size becomes the enqueued count.
+    /// An alert already sending is returned as it is (a replayed finish).
     async fn finish_build(&self, id: &str, now: Timestamp) -> Result<BrandAlert, StoreError>;
 
     /// Claims the send-log rows of these members in one transaction,
@@ -310,7 +312,8 @@ pub trait BrandAlertStore: Send + Sync {
         now: Timestamp,
     ) -> Result<Vec<ClaimOutcome>, StoreError>;
 
-    /// Finishes claimed rows as sent, in one transaction.
+    /// Finishes claimed rows as sent, in one transaction. Rows in any other
+    /// state stay as they are, so confirming again changes nothing.
     async fn confirm_sent(
         &self,
         alert_id: &str,
@@ -319,7 +322,8 @@ pub trait BrandAlertStore: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// A transient failure: the row goes back to released so the next
-    /// delivery of the message claims it again (not a duplicate).
+    /// delivery of the message claims it again (not a duplicate). Only a
+    /// claimed row is released.
     async fn release_claim(
         &self,
         alert_id: &str,
@@ -329,7 +333,10 @@ pub trait BrandAlertStore: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// A permanent failure, or the last transient one: finished as failed
-    /// with its reason.
+    /// with its reason. A claimed or released row fails; a member without a
+    /// row yet (a message that failed before its claim, a render error say)
+    /// gets a failed row, so the alert can still complete; a finished row
+    /// stays as it is.
     async fn mark_failed(
         &self,
         alert_id: &str,
@@ -732,10 +739,11 @@ pub(crate) fn plan_claims(
             },
         };
         if let Some(write) = write {
+            // A repeat of this member now finds a live claim or a finished
+            // row, which write nothing: one write per member at most.
             fact.row_state = Some(write.state.as_str().to_owned());
             fact.claim_expires_at = write.claim_expires_at;
             fact.attempts = Some(write.attempts);
-            writes.retain(|w: &SendLogWrite| w.member_id != write.member_id);
             writes.push(write);
         }
         outcomes.push(outcome);
@@ -1079,10 +1087,10 @@ impl<S: BrandAlertSql> BrandAlertStore for BrandAlerts<S> {
         if member_ids.is_empty() {
             return Ok(Vec::new());
         }
-        if claim_ttl.is_zero() {
+        if claim_ttl < Duration::from_millis(1) {
             return Err(StoreError::InvalidInput {
                 field: "claim_ttl",
-                message: "must be longer than zero".into(),
+                message: "must be at least a millisecond, the send log's resolution".into(),
             });
         }
         self.require(alert_id).await?;

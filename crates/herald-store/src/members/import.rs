@@ -37,6 +37,11 @@
 //! key for an absent value; unknown keys are refused; blank lines are
 //! skipped. A member line is the member's whole record: optional fields it
 //! leaves out are cleared.
+//!
+//! CSV goes through `csv-core` (the parser under the `csv` crate) rather
+//! than the `csv` crate's reader, so that one record's size can be capped:
+//! an unterminated quote then costs one line error, not the rest of the
+//! input held in memory as a single record.
 
 use std::collections::HashSet;
 use std::fmt;

@@ -641,8 +641,9 @@ async fn audience_lists_members_over_the_threshold_with_their_exclusion(db: Test
     let other = create(&db, "earlier", &["s1"]).await;
     let now = db.clock_now();
 
-    // a07 got another alert a day ago; a08 got one eight days ago and a
-    // failed one today; a01 has a row of this very alert (a resumed build).
+    // Seen from the audience's time, a day on: a07 got another alert a day
+    // before, a08 one nine days before and a failed one; a01 has a row of
+    // this very alert (a resumed build).
     let claimed = alerts
         .claim_sends(&other.id, &brands(&["a07"]), &cadence, CLAIM_TTL, now)
         .await

@@ -2,5 +2,6 @@
 //! database, exactly as `herald serve` wires it.
 
 mod cli;
+mod delivery;
 mod helpers;
 mod http;
