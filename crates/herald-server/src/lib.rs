@@ -19,7 +19,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub mod api;
@@ -81,7 +80,7 @@ pub fn with_layers(routes: Router, limits: HttpLimits) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
+        .layer(middleware::from_fn_with_state(limits.request_timeout, request_timeout))
         .layer(CatchPanicLayer::new())
         // Outside the layers above, so their bare answers get our body too.
         .layer(middleware::from_fn(json_error_bodies))
@@ -96,6 +95,24 @@ pub fn with_layers(routes: Router, limits: HttpLimits) -> Router {
         }))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Bulk imports stream bodies of gigabytes and may run for many minutes;
+/// every other request is held to the configured timeout.
+const UNTIMED_PREFIX: &str = "/api/imports/";
+
+async fn request_timeout(
+    axum::extract::State(timeout): axum::extract::State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path().starts_with(UNTIMED_PREFIX) {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::from_status(StatusCode::REQUEST_TIMEOUT).into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {

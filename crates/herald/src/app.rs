@@ -9,6 +9,7 @@ use herald_alerts::{AudienceJob, AudienceWorker, Composer, Mailer, Transports};
 use herald_bus::embedded::EmbeddedBus;
 use herald_bus::{Bus, PostgresBus, QueueConfig};
 use herald_core::{Clock, SystemClock};
+use herald_server::api::members::ImportLimits;
 use herald_server::{AppState, HttpLimits};
 use herald_store::Store;
 use tokio::net::TcpListener;
@@ -118,6 +119,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
+    // Imports spool here and the outbox writes here, whatever the store.
+    std::fs::create_dir_all(&config.store.data_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let composer = composer(config, &backends.store, clock.clone())?;
     let mut workers = JoinSet::new();
@@ -153,7 +156,10 @@ pub async fn run(
         max_body_bytes: config.server.max_body_bytes,
         request_timeout: config.server.request_timeout,
     };
-    let router = herald_server::router(state, limits);
+    let router = herald_server::router(state, limits).layer(axum::Extension(ImportLimits {
+        max_bytes: config.server.max_import_bytes,
+        spool_dir: Some(config.store.data_dir.clone()),
+    }));
 
     let address = listener.local_addr()?;
     tracing::info!(%address, %roles, store = backends.store.backend(), bus = backends.bus.backend(), "Herald is listening");

@@ -359,18 +359,6 @@ fn format_age(age: Duration) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ages_read_naturally() {
-        assert_eq!(format_age(Duration::from_secs(5)), "5s");
-        assert_eq!(format_age(Duration::from_secs(125)), "2m5s");
-        assert_eq!(format_age(Duration::from_secs(7_380)), "2h3m");
-    }
-}
-
 /// Seeds the demo data and says what to look at; with `with_key`, also
 /// creates a marketing API key to explore the API with.
 pub async fn demo_seed(
@@ -414,4 +402,16 @@ pub async fn demo_seed(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(format_age(Duration::from_secs(5)), "5s");
+        assert_eq!(format_age(Duration::from_secs(125)), "2m5s");
+        assert_eq!(format_age(Duration::from_secs(7_380)), "2h3m");
+    }
 }

@@ -63,6 +63,8 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Largest body a bulk import (`POST /api/imports/...`) accepts.
+    pub max_import_bytes: u64,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
 }

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 pub struct TestApp {
     pub address: String,
+    pub data_dir: PathBuf,
     pub client: reqwest::Client,
     pub backends: Backends,
     shutdown: CancellationToken,
@@ -17,9 +18,16 @@ pub struct TestApp {
 
 /// Starts Herald on 127.0.0.1:0 with a fresh SQLite database.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// As [`spawn_app`], with the configuration adjusted first (its data folder
+/// already points at the fresh temporary folder).
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let data = tempfile::tempdir().unwrap();
     let mut config = Config::defaults();
     config.store.data_dir = data.path().to_path_buf();
+    adjust(&mut config);
     let backends = Backends::open(&config).await.expect("backends open");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
@@ -35,6 +43,7 @@ pub async fn spawn_app() -> TestApp {
     });
     TestApp {
         address,
+        data_dir: data.path().to_path_buf(),
         client: reqwest::Client::new(),
         backends,
         shutdown,

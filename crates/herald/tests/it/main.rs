@@ -2,6 +2,7 @@
 //! database, exactly as `herald serve` wires it.
 
 mod cli;
+mod alerts_api;
 mod delivery;
 mod helpers;
 mod http;
