@@ -49,7 +49,9 @@ pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<ApiKey, Aut
         .ok()
         .and_then(|v| {
             let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
         })
         .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <key>`"))?;
     state

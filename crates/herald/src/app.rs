@@ -35,7 +35,9 @@ pub enum AppError {
     Store(#[from] herald_store::StoreError),
     #[error(transparent)]
     Bus(#[from] herald_bus::BusError),
-    #[error("bus.backend = {backend:?} needs the {needs} store; store.url gives the {store} store")]
+    #[error(
+        "bus.backend = {backend:?} needs the {needs} store; store.url gives the {store} store"
+    )]
     BusStoreMismatch {
         backend: &'static str,
         needs: &'static str,
@@ -61,7 +63,9 @@ impl Backends {
         };
         let bus: Arc<dyn Bus> = match config.bus.backend {
             BusBackend::Embedded => {
-                let db = store.sqlite().ok_or_else(|| mismatch("embedded", "SQLite"))?;
+                let db = store
+                    .sqlite()
+                    .ok_or_else(|| mismatch("embedded", "SQLite"))?;
                 Arc::new(EmbeddedBus::new(db.clone()))
             }
             BusBackend::Postgres => {
@@ -178,11 +182,16 @@ pub async fn run(
     }
     // Workers saw the same token: they stop taking work and finish what
     // they hold (a mailer confirms its in-flight sends) before they return.
-    if tokio::time::timeout(grace, async { while workers.join_next().await.is_some() {} })
-        .await
-        .is_err()
+    if tokio::time::timeout(grace, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
     {
-        tracing::warn!(?grace, "workers still busy after the grace period; stopping them");
+        tracing::warn!(
+            ?grace,
+            "workers still busy after the grace period; stopping them"
+        );
         workers.shutdown().await;
     }
     backends.close().await;

@@ -8,10 +8,10 @@ use herald_bus::bench::{run_bus_bench, BusBenchOptions};
 use herald_bus::{Bus, OutgoingMessage, QueueConfig};
 use herald_core::api_key::{ApiKeyId, ApiKeyName, Scope, Scopes};
 use herald_core::QueueName;
-use herald_store::Store;
 use herald_store::members::import::{
     self as importer, ImportError, ImportFormat, ImportKind, ImportOptions, ImportReport,
 };
+use herald_store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::app::Backends;
@@ -370,13 +370,21 @@ pub async fn demo_seed(
     eprintln!("Loading demo data ({} members)...", args.members);
     let summary = crate::demo::seed(store, args.members, args.send_in).await?;
     let send_at = humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(summary.send_at.millis().max(0) as u64),
+        std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(summary.send_at.millis().max(0) as u64),
     );
     println!(
         "Demo data: {} brands, {} members, {} affinities ({} unsubscribed, {} suppressed).",
-        summary.brands, summary.members, summary.affinities, summary.unsubscribed, summary.suppressed
+        summary.brands,
+        summary.members,
+        summary.affinities,
+        summary.unsubscribed,
+        summary.suppressed
     );
-    println!("Brand alert {} is scheduled for {send_at}.", summary.alert_id);
+    println!(
+        "Brand alert {} is scheduled for {send_at}.",
+        summary.alert_id
+    );
     let outbox = config
         .transports()
         .get(&config.mailer.default_transport)
@@ -393,7 +401,10 @@ pub async fn demo_seed(
             .api_keys()
             .create(&name, &Scopes::new([Scope::Marketing])?)
             .await?;
-        println!("API key for the demo (marketing scope, shown once): {}", token.expose());
+        println!(
+            "API key for the demo (marketing scope, shown once): {}",
+            token.expose()
+        );
         println!(
             "  try: curl -H 'Authorization: Bearer {}' http://{}/api/brand-alerts/{}/stats",
             token.expose(),

@@ -38,14 +38,17 @@ const BRANDS: [(&str, &str); 12] = [
 
 /// The brands the demo alert announces, with their sale headlines.
 const ON_SALE: [(&str, &str); 3] = [
-    ("northwind", "Northwind Outfitters: 40% off outerwear this weekend"),
+    (
+        "northwind",
+        "Northwind Outfitters: 40% off outerwear this weekend",
+    ),
     ("fjord", "Fjord Footwear: the winter boots sale"),
     ("atlas-denim", "Atlas Denim: buy one, get one half price"),
 ];
 
 const FIRST_NAMES: [&str; 16] = [
-    "Ada", "Ben", "Chloé", "Dev", "Elif", "Finn", "Grace", "Hugo", "Ines", "Jonas", "Kofi",
-    "Lena", "Mateo", "Noor", "Oskar", "Priya",
+    "Ada", "Ben", "Chloé", "Dev", "Elif", "Finn", "Grace", "Hugo", "Ines", "Jonas", "Kofi", "Lena",
+    "Mateo", "Noor", "Oskar", "Priya",
 ];
 const LAST_NAMES: [&str; 12] = [
     "Lovelace", "Okafor", "Martin", "Sharma", "Yilmaz", "Berg", "Hopper", "Dubois", "Costa",
@@ -210,7 +213,11 @@ pub async fn seed(store: &Store, members: usize, send_in: Duration) -> anyhow::R
                     continue;
                 }
                 seen.push(brand);
-                let score = if k == 0 { 0.5 + dice.unit() / 2.0 } else { dice.unit() };
+                let score = if k == 0 {
+                    0.5 + dice.unit() / 2.0
+                } else {
+                    dice.unit()
+                };
                 affinities.push(AffinityInput {
                     member_id: id.clone(),
                     brand_id: BrandId::parse(brand)?,
@@ -232,11 +239,19 @@ pub async fn seed(store: &Store, members: usize, send_in: Duration) -> anyhow::R
         summary.affinities += affinities.len();
         store.members().set_affinities_batch(&affinities).await?;
         summary.unsubscribed += subscriptions.len();
-        store.members().set_subscriptions_batch(&subscriptions).await?;
+        store
+            .members()
+            .set_subscriptions_batch(&subscriptions)
+            .await?;
         for address in &suppress {
             store
                 .members()
-                .suppress(address, SuppressionReason::HardBounce, "demo", Some("demo data"))
+                .suppress(
+                    address,
+                    SuppressionReason::HardBounce,
+                    "demo",
+                    Some("demo data"),
+                )
                 .await?;
         }
         summary.suppressed += suppress.len();
@@ -270,7 +285,11 @@ async fn demo_template(store: &Store) -> anyhow::Result<String> {
     let mut page = herald_store::page::PageRequest::first(herald_store::page::MAX_PAGE_SIZE);
     loop {
         let templates = catalog.list_templates(&page).await?;
-        if let Some(found) = templates.items.iter().find(|t| t.name == DEMO_TEMPLATE_NAME) {
+        if let Some(found) = templates
+            .items
+            .iter()
+            .find(|t| t.name == DEMO_TEMPLATE_NAME)
+        {
             return Ok(found.id.clone());
         }
         match templates.next_cursor {

@@ -48,7 +48,16 @@ async fn dispatch(command: Command, mut config: Config) -> anyhow::Result<()> {
                 .await
                 .context("cannot open the backends")?;
             if args.demo {
-                commands::demo_seed(&config, &backends.store, &DemoArgs { members: 3000, send_in: std::time::Duration::from_secs(60) }, true).await?;
+                commands::demo_seed(
+                    &config,
+                    &backends.store,
+                    &DemoArgs {
+                        members: 3000,
+                        send_in: std::time::Duration::from_secs(60),
+                    },
+                    true,
+                )
+                .await?;
             }
             let listener = tokio::net::TcpListener::bind(config.server.listen)
                 .await

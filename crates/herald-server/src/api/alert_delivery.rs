@@ -141,9 +141,11 @@ fn preview_error(e: PreviewError) -> ApiError {
         }
         PreviewError::AddressCount(_) => ApiError::invalid_field("addresses", e.to_string()),
         PreviewError::UnknownTransport(_) => ApiError::invalid_field("transport", e.to_string()),
-        PreviewError::Content(_) | PreviewError::Compose(_) => {
-            ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "unrenderable", e.to_string())
-        }
+        PreviewError::Content(_) | PreviewError::Compose(_) => ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "unrenderable",
+            e.to_string(),
+        ),
         PreviewError::Store(e) => e.into(),
     }
 }

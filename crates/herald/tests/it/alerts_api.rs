@@ -30,14 +30,18 @@ async fn postgres_url() -> Option<String> {
         return None;
     };
     let schema = format!("herald_it_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::PgPool::connect(&base).await.expect("PostgreSQL reachable");
+    let pool = sqlx::PgPool::connect(&base)
+        .await
+        .expect("PostgreSQL reachable");
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&pool)
         .await
         .unwrap();
     pool.close().await;
     let separator = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{separator}options=-c%20search_path%3D{schema}"))
+    Some(format!(
+        "{base}{separator}options=-c%20search_path%3D{schema}"
+    ))
 }
 
 struct Api<'a> {
@@ -103,8 +107,13 @@ async fn send_an_alert_through_the_api(app: &TestApp) -> (usize, Value) {
         app,
         key: token.expose().to_owned(),
     };
-    for (id, name) in [("acme", "Acme"), ("globex", "Globex"), ("initech", "Initech")] {
-        api.post("/api/brands", json!({"id": id, "name": name})).await;
+    for (id, name) in [
+        ("acme", "Acme"),
+        ("globex", "Globex"),
+        ("initech", "Initech"),
+    ] {
+        api.post("/api/brands", json!({"id": id, "name": name}))
+            .await;
     }
     let now = chrono_like_now();
     let mut sale_ids = Vec::new();
@@ -141,7 +150,8 @@ async fn send_an_alert_through_the_api(app: &TestApp) -> (usize, Value) {
         affinities.push(json!({"member_id": id, "brand_id": brand, "score": score}));
         let unsubscribed = n % 7 == 0;
         if unsubscribed {
-            subscriptions.push(json!({"member_id": id, "email_type": "brand_alerts", "subscribed": false}));
+            subscriptions
+                .push(json!({"member_id": id, "email_type": "brand_alerts", "subscribed": false}));
         }
         let suppressed = n % 11 == 0;
         if suppressed {
@@ -167,12 +177,17 @@ async fn send_an_alert_through_the_api(app: &TestApp) -> (usize, Value) {
         )
         .await;
     let id = alert["id"].as_str().unwrap().to_owned();
-    api.post(&format!("/api/brand-alerts/{id}/schedule"), json!({})).await;
+    api.post(&format!("/api/brand-alerts/{id}/schedule"), json!({}))
+        .await;
 
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let alert = api
-            .call(reqwest::Method::GET, &format!("/api/brand-alerts/{id}"), None)
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/brand-alerts/{id}"),
+                None,
+            )
             .await;
         if alert["state"] == "sent" {
             break;
@@ -181,7 +196,11 @@ async fn send_an_alert_through_the_api(app: &TestApp) -> (usize, Value) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let stats = api
-        .call(reqwest::Method::GET, &format!("/api/brand-alerts/{id}/stats"), None)
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/brand-alerts/{id}/stats"),
+            None,
+        )
         .await;
     (eligible, stats)
 }

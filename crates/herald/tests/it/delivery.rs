@@ -32,7 +32,8 @@ struct Sink {
 impl Sink {
     fn start(delay_secs: f64) -> Sink {
         let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../herald-mail/tests/smtp_capture.py");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../herald-mail/tests/smtp_capture.py");
         let mut child = Command::new("python3")
             .arg(&script)
             .arg(dir.path())
@@ -157,7 +158,14 @@ pool_size = {IN_FLIGHT}
     fn seed(&self, members: usize) {
         let output = self
             .command()
-            .args(["demo", "seed", "--members", &members.to_string(), "--send-in", "0s"])
+            .args([
+                "demo",
+                "seed",
+                "--members",
+                &members.to_string(),
+                "--send-in",
+                "0s",
+            ])
             .output()
             .unwrap();
         assert!(
@@ -237,7 +245,11 @@ async fn wait_until_sent(db: &SqlitePool, server: &mut Child) {
 async fn wait_for_sink(sink: &Sink, at_least: usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while sink.count() < at_least {
-        assert!(Instant::now() < deadline, "the sink got {} of {at_least}", sink.count());
+        assert!(
+            Instant::now() < deadline,
+            "the sink got {} of {at_least}",
+            sink.count()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -257,14 +269,20 @@ async fn send_log(db: &SqlitePool) -> BTreeMap<String, (String, bool)> {
 /// the members that got more than one.
 async fn check_exactly_once_or_flagged(db: &SqlitePool, sink: &Sink) -> Vec<String> {
     let eligible = eligible_members(db).await;
-    assert!(eligible.len() > 50, "the demo audience is too small to test");
+    assert!(
+        eligible.len() > 50,
+        "the demo audience is too small to test"
+    );
     let log = send_log(db).await;
     assert_eq!(
         log.keys().cloned().collect::<BTreeSet<_>>(),
         eligible,
         "one send-log row per eligible member, none for others"
     );
-    let not_sent: Vec<_> = log.iter().filter(|(_, (state, _))| state != "sent").collect();
+    let not_sent: Vec<_> = log
+        .iter()
+        .filter(|(_, (state, _))| state != "sent")
+        .collect();
     assert!(not_sent.is_empty(), "rows not sent: {not_sent:?}");
 
     let mut received: BTreeMap<String, usize> = BTreeMap::new();
@@ -343,7 +361,10 @@ async fn sigterm_mid_send_then_restart_sends_no_duplicate() {
     assert!(server.wait().unwrap().success());
 
     let duplicated = check_exactly_once_or_flagged(&db, &sink).await;
-    assert!(duplicated.is_empty(), "duplicates after a graceful stop: {duplicated:?}");
+    assert!(
+        duplicated.is_empty(),
+        "duplicates after a graceful stop: {duplicated:?}"
+    );
     let flagged = send_log(&db).await.values().filter(|(_, dup)| *dup).count();
     assert_eq!(flagged, 0, "no possible duplicates after a graceful stop");
 }
@@ -363,7 +384,10 @@ async fn sigkill_during_the_audience_build_then_restart_enqueues_the_rest_once()
         if state == "building" && enqueued > 0 {
             break;
         }
-        assert_ne!(state, "sending", "the build finished before it could be killed");
+        assert_ne!(
+            state, "sending",
+            "the build finished before it could be killed"
+        );
         assert!(Instant::now() < deadline, "the build never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
