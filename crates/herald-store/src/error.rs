@@ -25,7 +25,9 @@ pub enum StoreError {
     },
     #[error("{what} not found")]
     NotFound { what: String },
-    #[error("{what} already exists")]
+    /// `what` is the whole message: "brand x already exists", "cannot
+    /// schedule a brand alert that is sending", ...
+    #[error("{what}")]
     Conflict { what: String },
     /// Refused because other data refers to it (a brand with sales, a
     /// template an alert uses).

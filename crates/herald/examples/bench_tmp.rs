@@ -11,6 +11,10 @@ async fn main() -> anyhow::Result<()> {
     };
     match args.get(1).map(String::as_str) {
         Some("--phase") => {
+            if let Ok(keep) = std::env::var("HERALD_KEEP_DB") {
+                std::fs::copy(get("--db").unwrap(), &keep)?;
+                eprintln!("alert {}", get("--alert").unwrap());
+            }
             let m = run_build_phase(&BuildPhaseOptions {
                 db: get("--db").unwrap().into(),
                 alert_id: get("--alert").unwrap(),

@@ -22,8 +22,9 @@
 //!   write is visible), until the next delayed or leased message is due, or
 //!   at most [`RECHECK`] in case a notification was lost.
 //! - Times come from the database's clock, so hosts with skewed clocks agree.
-//! - A lease commits without waiting for its WAL flush (see `sql::RECEIVE`):
-//!   losing one to a database crash only means one more delivery.
+//! - A lease commits without waiting for its WAL flush (see `bus_receive` in
+//!   the migration): losing one to a database crash only means one more
+//!   delivery.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

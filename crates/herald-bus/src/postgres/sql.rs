@@ -146,37 +146,12 @@ pub(super) const PRUNE_DEDUP: &str = "DELETE FROM bus_dedup d USING ( \
          LIMIT $1 FOR UPDATE SKIP LOCKED) AS expired \
      WHERE d.queue_id = expired.queue_id AND d.dedup_key = expired.dedup_key";
 
-/// Leases up to `$2` receivable messages of queue `$1` for `$3` ms. Rows
-/// another receiver is leasing right now are skipped, not waited for, so
-/// any number of receivers in any number of processes share a queue. Also
-/// returns the queue's max_receives, so messages past it can be moved to the
-/// dead-letter queue.
-///
-/// The lease commits asynchronously (`synchronous_commit` off for this
-/// statement's transaction only): a lease lost to a database crash makes the
-/// message receivable again, which at-least-once delivery allows, and it
-/// spares every receive a WAL flush. Acks, sends and moves still wait for
-/// theirs.
-pub(super) const RECEIVE: &str = "WITH q AS ( \
-         SELECT id, max_receives, bus_now_ms() AS now, \
-             set_config('synchronous_commit', 'off', true) \
-         FROM bus_queues WHERE name = $1), \
-     picked AS ( \
-         SELECT m.seq FROM bus_messages m \
-         WHERE m.queue_id = (SELECT id FROM q) AND NOT m.held \
-           AND m.ready_at <= (SELECT now FROM q) AND m.lease_until <= (SELECT now FROM q) \
-         ORDER BY m.ready_at, m.seq \
-         LIMIT $2 \
-         FOR UPDATE SKIP LOCKED) \
-     UPDATE bus_messages m \
-     SET receipt = bus_token(), lease_until = (SELECT now FROM q) + $3, \
-         receive_count = m.receive_count + 1, \
-         first_received_at = CASE m.receive_count WHEN 0 THEN (SELECT now FROM q) \
-             ELSE m.first_received_at END \
-     FROM picked WHERE m.seq = picked.seq \
-     RETURNING m.seq, m.receipt, m.receive_count, m.first_received_at, m.sent_at, \
-         (SELECT max_receives FROM q) AS max_receives, m.message_id, m.group_key, \
-         m.attributes::TEXT AS attributes, m.body";
+/// Leases up to `$2` receivable messages of queue `$1` for `$3` ms (see
+/// `bus_receive` in the migration for how, and for why its commit does not
+/// wait for the WAL flush).
+pub(super) const RECEIVE: &str = "SELECT seq, receipt, receive_count, first_received_at, \
+     sent_at, max_receives, message_id, group_key, attributes, body \
+     FROM bus_receive($1, $2, $3)";
 
 /// Whether queue `$1` exists (its id, else NULL), and in how many ms its
 /// next message becomes receivable if one waits for its delay or for a

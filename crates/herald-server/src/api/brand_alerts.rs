@@ -33,7 +33,6 @@ use herald_store::brand_alerts::{
     AlertStats, BrandAlert, BrandAlertFilter, BrandAlertPatch, BuildProgress, NewBrandAlert,
 };
 use herald_store::page::PageRequest;
-use herald_store::StoreError;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::{IntoParams, ToSchema};
@@ -235,7 +234,7 @@ async fn create_alert(
         .brand_alerts()
         .create(&new)
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::from)?;
     let location = format!("/api/brand-alerts/{}", alert.id);
     let mut response = alert_response(StatusCode::CREATED, alert);
     if let Ok(value) = HeaderValue::from_str(&location) {
@@ -286,7 +285,7 @@ async fn list_alerts(
         .brand_alerts()
         .list(&filter)
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::from)?;
     Ok(Json(BrandAlertPage {
         items: page.items.into_iter().map(view).collect(),
         next_cursor: page.next_cursor,
@@ -378,7 +377,7 @@ async fn update_alert(
         .brand_alerts()
         .update_draft(&id, &patch, expected_version)
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::from)?;
     Ok(alert_response(StatusCode::OK, alert))
 }
 
@@ -406,7 +405,7 @@ async fn delete_alert(
         .brand_alerts()
         .delete_draft(&id)
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::from)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -512,7 +511,7 @@ async fn alert_stats(
         .brand_alerts()
         .stats(&id)
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::from)?;
     Ok(Json(BrandAlertStats {
         audience_size: stats.audience_size,
         enqueued: stats.enqueued,
@@ -534,7 +533,7 @@ async fn lifecycle(state: &AppState, id: &str, action: AlertAction) -> Result<Re
         .brand_alerts()
         .apply(id, action, None)
         .await
-        .map_err(store_error)?;
+        .map_err(ApiError::from)?;
     Ok(alert_response(StatusCode::OK, alert))
 }
 
@@ -544,20 +543,13 @@ async fn find(state: &AppState, id: &str) -> Result<BrandAlert, ApiError> {
         .brand_alerts()
         .get(id)
         .await
-        .map_err(store_error)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found(format!("brand alert {id} not found")))
 }
 
 /// The store's brand-alert conflicts are whole sentences (the lifecycle's
 /// own messages), which `StoreError`'s display would suffix with "already
 /// exists"; everything else maps as usual.
-fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Conflict { what } => ApiError::conflict(what),
-        other => other.into(),
-    }
-}
-
 fn alert_response(status: StatusCode, alert: BrandAlert) -> Response {
     let etag = format!("\"{}\"", alert.version);
     let mut response = (status, Json(view(alert))).into_response();

@@ -222,6 +222,6 @@ impl ApiKeyRow {
 
 pub(crate) fn name_conflict(name: &ApiKeyName) -> StoreError {
     StoreError::Conflict {
-        what: format!("an active api key named {:?}", name.as_str()),
+        what: format!("an active api key named {:?} already exists", name.as_str()),
     }
 }

@@ -532,13 +532,13 @@ impl From<TemplateRow> for Template {
 
 pub(crate) fn brand_exists(id: &str) -> StoreError {
     StoreError::Conflict {
-        what: format!("brand {id}"),
+        what: format!("brand {id} already exists"),
     }
 }
 
 pub(crate) fn template_name_taken(name: &str) -> StoreError {
     StoreError::Conflict {
-        what: format!("a template named {name:?}"),
+        what: format!("a template named {name:?} already exists"),
     }
 }
 
@@ -551,7 +551,7 @@ pub(crate) fn unknown_brand(id: &str) -> StoreError {
 
 pub(crate) fn brand_in_use(id: &str) -> StoreError {
     StoreError::InUse {
-        what: format!("brand {id}"),
+        what: format!("brand {id} already exists"),
         used_by: "sales; delete or move them first".into(),
     }
 }
