@@ -322,6 +322,84 @@ async fn a_group_stays_in_order_while_two_processes_send_and_another_acks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_keep_one_head_through_dead_letters_redrive_and_purge() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let bus = schema.bus().await;
+    let q = queue("moves");
+    let config = QueueConfig {
+        max_receives: 1,
+        ..QueueConfig::default()
+    };
+    bus.ensure_queue(&q, config).await.unwrap();
+    let dlq = q.default_dead_letter().unwrap();
+    bus.send_batch(
+        &q,
+        vec![
+            OutgoingMessage::new("a1").group("a"),
+            OutgoingMessage::new("a2").group("a"),
+            OutgoingMessage::new("b1").group("b"),
+            OutgoingMessage::new("free"),
+        ],
+    )
+    .await
+    .unwrap();
+    let now = opts(10, Duration::ZERO);
+    let first = bus.receive(&q, now).await.unwrap();
+    assert_eq!(bodies(&first), ["a1", "b1", "free"]);
+    for d in &first {
+        bus.nack(&q, &d.receipt, Duration::ZERO).await.unwrap();
+    }
+    // Past max_receives: moved to the dead-letter queue, and a2 heads its group.
+    assert!(bus.receive(&q, now).await.unwrap().is_empty());
+    assert_eq!(peek_bodies(&bus, &dlq).await, ["a1", "b1", "free"]);
+    assert_eq!(peek_bodies(&bus, &q).await, ["a2"]);
+
+    assert_eq!(bus.redrive(&dlq, &q, None).await.unwrap(), 3);
+    let next = bus.receive(&q, now).await.unwrap();
+    assert_eq!(
+        bodies(&next),
+        ["a2", "b1", "free"],
+        "a1 now waits behind a2"
+    );
+    for d in &next {
+        bus.ack(&q, &d.receipt).await.unwrap();
+    }
+    let last = bus.receive(&q, now).await.unwrap();
+    assert_eq!(bodies(&last), ["a1"]);
+
+    bus.send(&q, OutgoingMessage::new("a3").group("a"))
+        .await
+        .unwrap();
+    assert_eq!(bus.purge(&q).await.unwrap(), 2, "the leased head and a3");
+    bus.send(&q, OutgoingMessage::new("a4").group("a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        bodies(&bus.receive(&q, now).await.unwrap()),
+        ["a4"],
+        "the purged group takes new messages"
+    );
+}
+
+fn bodies(deliveries: &[herald_bus::Delivery]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|d| String::from_utf8_lossy(&d.body).into_owned())
+        .collect()
+}
+
+async fn peek_bodies(bus: &dyn Bus, queue: &QueueName) -> Vec<String> {
+    bus.peek(queue, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receive_leaves_the_store_connections_committing_synchronously() {
     let Some(schema) = TestSchema::create().await else {
         return;

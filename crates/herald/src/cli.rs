@@ -170,7 +170,8 @@ pub enum KeysCommand {
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Send N messages in batches, then receive and ack them with K consumers,
-    /// on the embedded bus; the reference does the same row work with raw SQL.
+    /// on the embedded (or PostgreSQL) bus; the reference does the same row
+    /// work with raw SQL.
     Bus(BusBenchArgs),
 }
 
@@ -191,6 +192,10 @@ pub struct BusBenchArgs {
     /// Folder for the benchmark's databases (default: the system's temporary folder).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Run on a PostgreSQL server instead of the embedded SQLite bus (a
+    /// fresh schema, dropped afterwards); the reference is raw PostgreSQL.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
 }
 
 #[derive(Debug, Args)]

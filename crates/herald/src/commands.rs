@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use herald_bus::bench::{run_bus_bench, BusBenchOptions};
+use herald_bus::bench::{run_bus_bench_on, BenchBackend, BusBenchOptions};
 use herald_bus::{Bus, OutgoingMessage, QueueConfig};
 use herald_core::api_key::{ApiKeyId, ApiKeyName, Scope, Scopes};
 use herald_core::QueueName;
@@ -242,7 +242,11 @@ pub async fn bench(command: &BenchCommand) -> anyhow::Result<()> {
                 "raw SQL reference first, then Herald: {} messages in batches of {}, consumed by {} consumers",
                 options.messages, options.batch, options.consumers
             );
-            let report = run_bus_bench(options).await?;
+            let backend = match &args.postgres {
+                Some(url) => BenchBackend::Postgres { url: url.clone() },
+                None => BenchBackend::Embedded,
+            };
+            let report = run_bus_bench_on(&backend, options).await?;
             println!("{report}");
         }
     }
