@@ -173,6 +173,60 @@ pub enum BenchCommand {
     /// on the embedded (or PostgreSQL) bus; the reference does the same row
     /// work with raw SQL.
     Bus(BusBenchArgs),
+    /// Build a large alert's audience (default 1,000,000 members, 5,000,000
+    /// affinities) on the embedded store and bus; the reference inserts the
+    /// same number of queue rows with raw SQL. Reports peak memory too.
+    Audience(AudienceBenchArgs),
+    /// Send N rendered alert emails through the mailer over SMTP into
+    /// Postfix's smtp-sink; the reference is Postfix's smtp-source sending the
+    /// same number of messages of the same size over as many sessions.
+    Delivery(DeliveryBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AudienceBenchArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    pub members: u64,
+    #[arg(long, default_value_t = 50)]
+    pub brands: u32,
+    #[arg(long, default_value_t = 5)]
+    pub affinities_per_member: u32,
+    /// Brands the alert is over.
+    #[arg(long, default_value_t = 3)]
+    pub alert_brands: u32,
+    #[arg(long, default_value_t = 0.3)]
+    pub threshold: f64,
+    /// Members per audience batch.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: u32,
+    /// Folder for the generated database (default: the system's temporary folder).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Internal: the build measured in a child process, so its peak memory
+    /// is its own and not the data generator's.
+    #[arg(long, hide = true)]
+    pub phase: Option<String>,
+    #[arg(long, hide = true)]
+    pub db: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    pub alert: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeliveryBenchArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pub messages: u64,
+    /// SMTP sessions: Herald's pool size and smtp-source's -s.
+    #[arg(long, default_value_t = 16)]
+    pub sessions: u32,
+    /// The mailer's concurrency (default: the number of sessions).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    pub receive_batch: usize,
+    /// Folder for the run's database (default: the system's temporary folder).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

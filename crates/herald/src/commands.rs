@@ -249,6 +249,51 @@ pub async fn bench(command: &BenchCommand) -> anyhow::Result<()> {
             let report = run_bus_bench_on(&backend, options).await?;
             println!("{report}");
         }
+        BenchCommand::Audience(args) if args.phase.as_deref() == Some("build") => {
+            let (Some(db), Some(alert_id)) = (args.db.clone(), args.alert.clone()) else {
+                bail!("--phase build needs --db and --alert");
+            };
+            let measurement = crate::bench::run_build_phase(&crate::bench::BuildPhaseOptions {
+                db,
+                alert_id,
+                batch_size: args.batch_size,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&measurement)?);
+        }
+        BenchCommand::Audience(args) => {
+            if let Some(phase) = &args.phase {
+                bail!("unknown --phase {phase:?}");
+            }
+            let options = crate::bench::AudienceBenchOptions {
+                dir: args.dir.clone(),
+                members: args.members,
+                brands: args.brands,
+                affinities_per_member: args.affinities_per_member,
+                alert_brands: args.alert_brands,
+                threshold: args.threshold,
+                batch_size: args.batch_size,
+                build_process: crate::bench::BuildProcess::Child {
+                    program: std::env::current_exe()?,
+                    args: ["bench", "audience", "--phase", "build"]
+                        .map(String::from)
+                        .to_vec(),
+                },
+            };
+            let report = crate::bench::run_audience_bench(options).await?;
+            println!("{report}");
+        }
+        BenchCommand::Delivery(args) => {
+            let options = crate::bench::DeliveryBenchOptions {
+                dir: args.dir.clone(),
+                messages: args.messages,
+                sessions: args.sessions,
+                concurrency: args.concurrency,
+                receive_batch: args.receive_batch,
+            };
+            let report = crate::bench::run_delivery_bench(options).await?;
+            println!("{report}");
+        }
     }
     Ok(())
 }

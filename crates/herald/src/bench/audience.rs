@@ -262,7 +262,11 @@ pub async fn run_audience_bench(opts: AudienceBenchOptions) -> anyhow::Result<Au
         &attributes,
     )
     .await?;
-    std::fs::remove_file(&reference_db).ok();
+    // Its disk space is better free before Herald's run; a file that
+    // stays is removed with the run's folder anyway.
+    for file in sqlite_files(&reference_db) {
+        let _ = std::fs::remove_file(file);
+    }
 
     let phase = BuildPhaseOptions {
         db: herald_db.clone(),

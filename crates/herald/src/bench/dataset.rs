@@ -53,6 +53,10 @@ const LAST_NAMES: [&str; 12] = [
     "Weber", "Mensah", "Tanaka",
 ];
 
+/// SQLite's primary result code for a database locked by another
+/// connection (extended codes add bits above the low byte).
+const SQLITE_BUSY: i32 = 5;
+
 /// How long ago the cadence history's sends happened: well inside any
 /// window the policy allows.
 const HISTORY_AGE: Duration = Duration::from_secs(24 * 60 * 60);
@@ -152,12 +156,17 @@ pub(crate) async fn generate(path: &Path, spec: &DatasetSpec) -> anyhow::Result<
     spec.validate()?;
     let started = Instant::now();
     let now = SystemClock.now();
-    let db = SqliteDb::open(path).await?;
-    let store = Store::from_sqlite(db, Arc::new(SystemClock));
-    store.migrate().await?;
-    let catalog = create_catalog(&store, spec, now).await;
-    store.close().await;
-    let catalog = catalog?;
+    let catalog = {
+        let db = SqliteDb::open(path).await?;
+        let store = Store::from_sqlite(db, Arc::new(SystemClock));
+        store.migrate().await?;
+        let catalog = create_catalog(&store, spec, now).await;
+        store.close().await;
+        // Dropping the store drops its pools, which closes any connection
+        // `close` missed (sqlx can return from it with one still open).
+        drop(store);
+        catalog?
+    };
 
     let member_id_width = spec.members.to_string().len().max(7);
     bulk_load(path, spec, &catalog, member_id_width, now).await?;
@@ -276,9 +285,7 @@ async fn bulk_load(
         .synchronous(SqliteSynchronous::Off)
         .foreign_keys(false)
         .pragma("cache_size", "-65536");
-    let mut conn = SqliteConnection::connect_with(&options)
-        .await
-        .map_err(load_err("open"))?;
+    let mut conn = open_exclusive(&options).await?;
     let indexes = drop_indexes(&mut conn).await?;
 
     let id_format = format!("m%0{member_id_width}d");
@@ -433,6 +440,29 @@ async fn bulk_load(
         .map_err(load_err("back to WAL"))?;
     conn.close().await.map_err(load_err("close"))?;
     super::flush_to_disk(&super::sqlite_files(path))
+}
+
+/// Opens the loading connection. Leaving WAL mode needs the only
+/// connection to the file, and the store's connections may finish closing
+/// on their worker threads a moment after the store is gone: retry while
+/// SQLite answers busy.
+async fn open_exclusive(options: &SqliteConnectOptions) -> anyhow::Result<SqliteConnection> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match SqliteConnection::connect_with(options).await {
+            Ok(conn) => return Ok(conn),
+            Err(sqlx::Error::Database(e)) if is_busy(e.as_ref()) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(load_err("open")(e)),
+        }
+    }
+}
+
+fn is_busy(e: &dyn sqlx::error::DatabaseError) -> bool {
+    e.code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == SQLITE_BUSY)
 }
 
 /// Drops the secondary indexes of the bulk tables; returns their names and
