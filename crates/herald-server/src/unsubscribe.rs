@@ -16,9 +16,6 @@ use herald_mail::UnsubscribeClaim;
 
 use crate::{ApiError, AppState};
 
-/// The email type brand alerts are sent as.
-pub const BRAND_ALERTS: &str = "brand_alerts";
-
 pub fn routes() -> Router<AppState> {
     Router::new().route("/unsubscribe/{token}", get(confirm_page).post(unsubscribe))
 }
@@ -52,7 +49,7 @@ async fn unsubscribe(
     Path(token): Path<String>,
 ) -> Result<Html<String>, ApiError> {
     let claim = verify(&state, &token)?;
-    let email_type = EmailType::parse(BRAND_ALERTS).map_err(ApiError::internal)?;
+    let email_type = EmailType::brand_alerts();
     match state
         .store
         .members()

@@ -115,7 +115,7 @@ async fn send_an_alert_through_the_api(app: &TestApp) -> (usize, Value) {
         api.post("/api/brands", json!({"id": id, "name": name}))
             .await;
     }
-    let now = chrono_like_now();
+    let now = rfc3339_now();
     let mut sale_ids = Vec::new();
     for brand in ["acme", "globex"] {
         let sale = api
@@ -206,7 +206,7 @@ async fn send_an_alert_through_the_api(app: &TestApp) -> (usize, Value) {
 }
 
 /// Now as RFC 3339, a second back so a strict schedule check accepts it.
-fn chrono_like_now() -> String {
+fn rfc3339_now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(1))
         .to_string()
 }
