@@ -17,10 +17,11 @@ use std::time::Instant;
 use herald_bus::{Bus, BusError, QueueConfig};
 use herald_core::alert::{AlertAction, AlertState};
 use herald_core::cadence::CadencePolicy;
-use herald_core::{Clock, QueueName};
+use herald_core::{Clock, QueueName, Timestamp};
 use herald_store::brand_alerts::{AudienceCandidate, BrandAlert, BuildStep, Exclusion};
 use herald_store::{Lease, Store, StoreError};
 use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::affinity::{AffinityClient, AffinityError, AffinityReader};
@@ -167,7 +168,7 @@ impl AudienceJob {
         let cadence = self.store.members().cadence_policy().await?;
         let brand_ids = content.brand_ids();
         let source = match &self.affinity {
-            None => Source::Builtin,
+            None => Source::Builtin(None),
             Some(client) => Source::Http(Box::new(AffinityReader::new(
                 client.clone(),
                 brand_ids.clone(),
@@ -244,8 +245,31 @@ async fn fail_alert(
     }
 }
 
+async fn read_page(
+    store: &Store,
+    alert: &BrandAlert,
+    brand_ids: &[String],
+    cadence: &CadencePolicy,
+    after: Option<&str>,
+    limit: u32,
+    now: Timestamp,
+) -> Result<Vec<AudienceCandidate>, StoreError> {
+    store
+        .brand_alerts()
+        .audience_page(alert, brand_ids, cadence, after, limit, now)
+        .await
+}
+
 enum Source {
-    Builtin,
+    /// The next page, being read while the current one is enqueued (the
+    /// read goes to the reader pool, the enqueue to the writer, so they
+    /// overlap), with the cursor it was read after.
+    Builtin(
+        Option<(
+            String,
+            JoinHandle<Result<Vec<AudienceCandidate>, StoreError>>,
+        )>,
+    ),
     Http(Box<AffinityReader>),
 }
 
@@ -279,18 +303,43 @@ impl AudienceBuild<'_> {
         self.alert = current;
         let now = job.clock.now();
         let batch = match &mut self.source {
-            Source::Builtin => {
-                let page = alerts
-                    .audience_page(
-                        &self.alert,
-                        &self.brand_ids,
-                        &self.cadence,
-                        self.alert.build.cursor.as_deref(),
-                        job.settings.batch_size,
-                        now,
-                    )
-                    .await?;
+            Source::Builtin(read_ahead) => {
+                let cursor = self.alert.build.cursor.clone();
+                let page = match read_ahead.take() {
+                    Some((after, next)) if Some(&after) == cursor.as_ref() => {
+                        next.await.map_err(|e| StoreError::Backend {
+                            backend: job.store.backend(),
+                            message: format!("reading the next audience page failed: {e}"),
+                        })??
+                    }
+                    _ => {
+                        read_page(
+                            &job.store,
+                            &self.alert,
+                            &self.brand_ids,
+                            &self.cadence,
+                            cursor.as_deref(),
+                            job.settings.batch_size,
+                            now,
+                        )
+                        .await?
+                    }
+                };
                 let last = page.last().map(|c| c.member_id.clone());
+                if let Some(last) = &last {
+                    let (store, alert, brands, cadence, after, limit) = (
+                        job.store.clone(),
+                        self.alert.clone(),
+                        self.brand_ids.clone(),
+                        self.cadence,
+                        last.clone(),
+                        job.settings.batch_size,
+                    );
+                    let next = tokio::spawn(async move {
+                        read_page(&store, &alert, &brands, &cadence, Some(&after), limit, now).await
+                    });
+                    *read_ahead = Some((last.clone(), next));
+                }
                 last.map(|last| (page, last, 0))
             }
             Source::Http(reader) => {
