@@ -260,16 +260,18 @@ async fn read_page(
         .await
 }
 
+/// A page of candidates being read in the background, with the cursor it
+/// is read after.
+type ReadAhead = (
+    String,
+    JoinHandle<Result<Vec<AudienceCandidate>, StoreError>>,
+);
+
 enum Source {
     /// The next page, being read while the current one is enqueued (the
     /// read goes to the reader pool, the enqueue to the writer, so they
-    /// overlap), with the cursor it was read after.
-    Builtin(
-        Option<(
-            String,
-            JoinHandle<Result<Vec<AudienceCandidate>, StoreError>>,
-        )>,
-    ),
+    /// overlap).
+    Builtin(Option<ReadAhead>),
     Http(Box<AffinityReader>),
 }
 
