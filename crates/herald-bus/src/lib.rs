@@ -22,6 +22,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod filter;
 pub mod postgres;
+mod wire;
 
 pub use embedded::EmbeddedBus;
 pub use filter::{Condition, FilterPolicy};

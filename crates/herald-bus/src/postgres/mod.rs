@@ -52,6 +52,7 @@ use self::sql::{
     SEND, STATS, TOPIC_SUBSCRIPTIONS, UPSERT_QUEUE,
 };
 use crate::embedded::MAX_RECEIVE;
+use crate::wire::{attributes_json, new_message_id, parse_receipt, receipt, Lease};
 use crate::{
     AckOutcome, Attributes, Bus, BusError, BusResult, DeadLetterInfo, Delivery, FilterPolicy,
     MessageId, OutgoingMessage, PeekedMessage, QueueConfig, QueueInfo, QueueStats, Receipt,
@@ -137,58 +138,6 @@ fn span_ms(d: Duration) -> i64 {
     duration_millis(d).min(MAX_SPAN_MS)
 }
 
-/// A delivery's receipt: `<seq>.<token>`, with `.g` appended for a grouped
-/// message so that acking it takes the group's lock and wakes the receivers
-/// its group was holding back.
-fn receipt(seq: i64, token: i64, grouped: bool) -> Receipt {
-    let suffix = if grouped { ".g" } else { "" };
-    Receipt(format!("{seq:x}.{:016x}{suffix}", token as u64))
-}
-
-/// What a receipt this backend issued holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Lease {
-    seq: i64,
-    token: i64,
-    grouped: bool,
-}
-
-fn parse_receipt(receipt: &Receipt) -> BusResult<Lease> {
-    let invalid = || BusError::InvalidArgument {
-        field: "receipt",
-        message: format!("{receipt} is not a receipt issued by the postgres bus"),
-    };
-    let mut parts = receipt.0.split('.');
-    let (Some(seq), Some(token)) = (parts.next(), parts.next()) else {
-        return Err(invalid());
-    };
-    let grouped = match parts.next() {
-        None => false,
-        Some("g") => true,
-        Some(_) => return Err(invalid()),
-    };
-    if parts.next().is_some() {
-        return Err(invalid());
-    }
-    Ok(Lease {
-        seq: i64::from_str_radix(seq, 16).map_err(|_| invalid())?,
-        token: u64::from_str_radix(token, 16).map_err(|_| invalid())? as i64,
-        grouped,
-    })
-}
-
-fn attributes_json(attrs: &Attributes) -> BusResult<Option<String>> {
-    if attrs.is_empty() {
-        return Ok(None);
-    }
-    serde_json::to_string(attrs)
-        .map(Some)
-        .map_err(|e| BusError::InvalidArgument {
-            field: "attributes",
-            message: e.to_string(),
-        })
-}
-
 fn parse_attributes(operation: &'static str, raw: Option<&str>) -> BusResult<Attributes> {
     match raw {
         None => Ok(Attributes::new()),
@@ -196,10 +145,6 @@ fn parse_attributes(operation: &'static str, raw: Option<&str>) -> BusResult<Att
             serde_json::from_str(raw).map_err(|e| corrupt(operation, format!("attributes ({e})")))
         }
     }
-}
-
-fn new_message_id() -> MessageId {
-    MessageId(uuid::Uuid::now_v7().to_string())
 }
 
 fn check_max(max: usize) -> BusResult<()> {
@@ -721,7 +666,7 @@ impl PostgresBus {
         receipt: &Receipt,
         span: Duration,
     ) -> BusResult<()> {
-        let lease = parse_receipt(receipt)?;
+        let lease = parse_receipt(BACKEND, receipt)?;
         let row = sqlx::query(sql)
             .bind(queue.as_str())
             .bind(lease.seq)
@@ -957,7 +902,8 @@ impl Bus for PostgresBus {
         receipts: &[Receipt],
     ) -> BusResult<Vec<AckOutcome>> {
         const OP: &str = "ack";
-        let parsed: Vec<BusResult<Lease>> = receipts.iter().map(parse_receipt).collect();
+        let parsed: Vec<BusResult<Lease>> =
+            receipts.iter().map(|r| parse_receipt(BACKEND, r)).collect();
         let mut unique = HashSet::with_capacity(receipts.len());
         let leases: Vec<Lease> = parsed
             .iter()
@@ -1250,7 +1196,7 @@ mod tests {
     fn receipts_round_trip_and_reject_forgeries() {
         for (seq, token) in [(1, 0), (i64::MAX, -1), (42, i64::MIN), (7, 123_456_789)] {
             for grouped in [false, true] {
-                let lease = parse_receipt(&receipt(seq, token, grouped)).unwrap();
+                let lease = parse_receipt(BACKEND, &receipt(seq, token, grouped)).unwrap();
                 assert_eq!(
                     lease,
                     Lease {
@@ -1270,7 +1216,7 @@ mod tests {
             "1.2.g.g",
             "1.123456789abcdef01",
         ] {
-            let err = parse_receipt(&Receipt(bad.into())).unwrap_err();
+            let err = parse_receipt(BACKEND, &Receipt(bad.into())).unwrap_err();
             assert!(
                 matches!(
                     err,
