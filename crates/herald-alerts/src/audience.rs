@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use herald_bus::{Bus, BusError, QueueConfig};
+use herald_bus::{Bus, BusError, OutgoingMessage, QueueConfig};
 use herald_core::alert::{AlertAction, AlertState};
 use herald_core::cadence::CadencePolicy;
 use herald_core::{Clock, QueueName, Timestamp};
@@ -245,6 +245,8 @@ async fn fail_alert(
     }
 }
 
+/// Reads the page of candidates after `after` and prepares it; `None` at
+/// the end of the audience.
 async fn read_page(
     store: &Store,
     alert: &BrandAlert,
@@ -253,24 +255,61 @@ async fn read_page(
     after: Option<&str>,
     limit: u32,
     now: Timestamp,
-) -> Result<Vec<AudienceCandidate>, StoreError> {
-    store
+) -> Result<Option<Prepared>, StoreError> {
+    let page = store
         .brand_alerts()
         .audience_page(alert, brand_ids, cadence, after, limit, now)
-        .await
+        .await?;
+    Ok(page
+        .last()
+        .map(|last| last.member_id.clone())
+        .map(|cursor| prepare(&alert.id, page, cursor)))
 }
 
-/// A page of candidates being read in the background, with the cursor it
+/// A batch ready to enqueue: one message per eligible member, and what the
+/// batch adds to the alert's progress (its cursor and counts).
+struct Prepared {
+    messages: Vec<OutgoingMessage>,
+    step: BuildStep,
+}
+
+/// Counts the exclusions of a batch and builds the messages of the rest.
+fn prepare(alert_id: &str, candidates: Vec<AudienceCandidate>, cursor: String) -> Prepared {
+    let mut step = BuildStep {
+        cursor,
+        enqueued: 0,
+        excluded_unsubscribed: 0,
+        excluded_suppressed: 0,
+        excluded_cadence: 0,
+    };
+    let mut messages = Vec::with_capacity(candidates.len());
+    for candidate in candidates {
+        match candidate.exclusion {
+            Some(Exclusion::Unsubscribed) => step.excluded_unsubscribed += 1,
+            Some(Exclusion::Suppressed) => step.excluded_suppressed += 1,
+            Some(Exclusion::Cadence) => step.excluded_cadence += 1,
+            None => {
+                step.enqueued += 1;
+                let email = EmailJob {
+                    alert_id: alert_id.to_owned(),
+                    member_id: candidate.member_id,
+                    brand_ids: candidate.brand_ids,
+                };
+                messages.push(email.to_message());
+            }
+        }
+    }
+    Prepared { messages, step }
+}
+
+/// A page being read and prepared in the background, with the cursor it
 /// is read after.
-type ReadAhead = (
-    String,
-    JoinHandle<Result<Vec<AudienceCandidate>, StoreError>>,
-);
+type ReadAhead = (String, JoinHandle<Result<Option<Prepared>, StoreError>>);
 
 enum Source {
-    /// The next page, being read while the current one is enqueued (the
-    /// read goes to the reader pool, the enqueue to the writer, so they
-    /// overlap).
+    /// The next page, being read and prepared while the current one is
+    /// enqueued (the read goes to the reader pool, the enqueue to the
+    /// writer, so they overlap).
     Builtin(Option<ReadAhead>),
     Http(Box<AffinityReader>),
 }
@@ -327,22 +366,21 @@ impl AudienceBuild<'_> {
                         .await?
                     }
                 };
-                let last = page.last().map(|c| c.member_id.clone());
-                if let Some(last) = &last {
+                if let Some(prepared) = &page {
                     let (store, alert, brands, cadence, after, limit) = (
                         job.store.clone(),
                         self.alert.clone(),
                         self.brand_ids.clone(),
                         self.cadence,
-                        last.clone(),
+                        prepared.step.cursor.clone(),
                         job.settings.batch_size,
                     );
                     let next = tokio::spawn(async move {
                         read_page(&store, &alert, &brands, &cadence, Some(&after), limit, now).await
                     });
-                    *read_ahead = Some((last.clone(), next));
+                    *read_ahead = Some((prepared.step.cursor.clone(), next));
                 }
-                last.map(|last| (page, last, 0))
+                page.map(|prepared| (prepared, 0))
             }
             Source::Http(reader) => {
                 let batch_size = usize::try_from(job.settings.batch_size).unwrap_or(usize::MAX);
@@ -372,15 +410,15 @@ impl AudienceBuild<'_> {
                                 exclusion,
                             });
                         }
-                        Some((candidates, last, unknown))
+                        Some((prepare(&self.alert.id, candidates, last), unknown))
                     }
                 }
             }
         };
-        let Some((candidates, last, unknown_members)) = batch else {
+        let Some((prepared, unknown_members)) = batch else {
             return self.finish().await;
         };
-        let step = self.enqueue(candidates, last).await?;
+        let step = self.enqueue(prepared).await?;
         self.batches += 1;
         telemetry::AudienceBatch {
             alert_id: &self.alert.id,
@@ -392,36 +430,9 @@ impl AudienceBuild<'_> {
         Ok(Step::Batch(step))
     }
 
-    async fn enqueue(
-        &self,
-        candidates: Vec<AudienceCandidate>,
-        last: String,
-    ) -> Result<BuildStep, AudienceError> {
+    async fn enqueue(&self, prepared: Prepared) -> Result<BuildStep, AudienceError> {
         let job = self.job;
-        let mut step = BuildStep {
-            cursor: last,
-            enqueued: 0,
-            excluded_unsubscribed: 0,
-            excluded_suppressed: 0,
-            excluded_cadence: 0,
-        };
-        let mut messages = Vec::with_capacity(candidates.len());
-        for candidate in candidates {
-            match candidate.exclusion {
-                Some(Exclusion::Unsubscribed) => step.excluded_unsubscribed += 1,
-                Some(Exclusion::Suppressed) => step.excluded_suppressed += 1,
-                Some(Exclusion::Cadence) => step.excluded_cadence += 1,
-                None => {
-                    step.enqueued += 1;
-                    let email = EmailJob {
-                        alert_id: self.alert.id.clone(),
-                        member_id: candidate.member_id,
-                        brand_ids: candidate.brand_ids,
-                    };
-                    messages.push(email.to_message());
-                }
-            }
-        }
+        let Prepared { messages, step } = prepared;
         if !messages.is_empty() {
             job.bus.send_batch(&job.queue, messages).await?;
         }

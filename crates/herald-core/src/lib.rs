@@ -10,6 +10,7 @@ pub mod email_event;
 pub mod names;
 pub mod providers;
 pub mod routing;
+pub mod schedule;
 pub mod sharding;
 pub mod time;
 

@@ -123,3 +123,21 @@ access_extractor!(
     Access::Admin,
     "operating Herald (needs the admin scope)"
 );
+
+/// Any valid key, whatever its scopes, for handlers whose access depends on
+/// the request itself: a `queues:<prefix>` key may use only the queues its
+/// prefix covers, so the handler checks [`Access::Queue`] once it knows the
+/// queue.
+#[derive(Debug, Clone)]
+pub struct AnyKey(pub ApiKey);
+
+impl FromRequestParts<AppState> for AnyKey {
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(parts, state).await.map(Self)
+    }
+}

@@ -13,6 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use herald_alerts::Composer;
 use herald_bus::Bus;
+use herald_router::sharding::ReleaseSignal;
 use herald_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -28,6 +29,7 @@ pub mod extract;
 pub mod health;
 pub mod telemetry;
 pub mod unsubscribe;
+pub mod webhooks;
 
 pub use error::ApiError;
 pub use extract::ApiJson;
@@ -41,6 +43,11 @@ pub struct AppState {
     /// Renders alerts for previews and test sends, and verifies unsubscribe
     /// tokens; the mailer uses the same one.
     pub composer: Arc<Composer>,
+    /// Wakes this process's hold releaser when a recorded sharding event
+    /// ends a migration.
+    pub release_signal: ReleaseSignal,
+    /// The webhook receivers, when this process runs the ingest role.
+    pub webhooks: Option<Arc<webhooks::WebhookReceivers>>,
 }
 
 impl AppState {
@@ -50,7 +57,22 @@ impl AppState {
             bus,
             metrics: telemetry::prometheus(),
             composer,
+            release_signal: ReleaseSignal::new(),
+            webhooks: None,
         }
+    }
+
+    /// Serves `/webhooks/*` with these receivers (the ingest role).
+    pub fn with_webhooks(mut self, receivers: Arc<webhooks::WebhookReceivers>) -> Self {
+        self.webhooks = Some(receivers);
+        self
+    }
+
+    /// Shares the release signal of this process's router role, so a
+    /// migration's end recorded through the API releases held events at once.
+    pub fn with_release_signal(mut self, signal: ReleaseSignal) -> Self {
+        self.release_signal = signal;
+        self
     }
 }
 
@@ -66,6 +88,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
     let routes = Router::new()
         .merge(api::routes())
         .merge(unsubscribe::routes())
+        .merge(webhooks::routes())
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(telemetry::metrics))

@@ -10,13 +10,18 @@
 pub mod api_keys;
 pub mod brand_alerts;
 pub mod catalog;
+pub mod email_events;
 mod error;
+pub mod holds;
 pub mod leases;
 pub mod members;
 pub mod page;
 pub mod postgres;
+pub mod processes;
+pub mod sharding;
 pub mod sqlite;
 mod url;
+pub mod users;
 
 use std::fmt;
 use std::sync::Arc;
@@ -26,19 +31,29 @@ use herald_core::{Clock, SystemClock};
 pub use api_keys::ApiKeyStore;
 pub use brand_alerts::BrandAlertStore;
 pub use catalog::CatalogStore;
+pub use email_events::EmailEventStore;
 pub use error::StoreError;
+pub use holds::HoldStore;
 pub use leases::{Lease, LeaseStore};
 pub use members::MemberStore;
 pub use postgres::PgDb;
+pub use processes::ProcessStore;
+pub use sharding::ShardingStore;
 pub use sqlite::SqliteDb;
 pub use url::mask_password;
+pub use users::UserStore;
 
 use api_keys::{postgres::PgApiKeySql, sqlite::SqliteApiKeySql, ApiKeys};
 use brand_alerts::{postgres::PgBrandAlertSql, sqlite::SqliteBrandAlertSql, BrandAlerts};
 use catalog::{postgres::PgCatalogSql, sqlite::SqliteCatalogSql, Catalog};
+use email_events::{postgres::PgEmailEventSql, sqlite::SqliteEmailEventSql, EmailEvents};
+use holds::{postgres::PgHoldSql, sqlite::SqliteHoldSql, Holds};
 use leases::{postgres::PgLeaseSql, sqlite::SqliteLeaseSql, Leases};
 use members::{postgres::PgMemberSql, sqlite::SqliteMemberSql, Members};
+use processes::{postgres::PgProcessSql, sqlite::SqliteProcessSql, Processes};
+use sharding::{postgres::PgShardingSql, sqlite::SqliteShardingSql, Sharding};
 use url::BackendKind;
+use users::{postgres::PgUserSql, sqlite::SqliteUserSql, Users};
 
 /// The store: one database and every aggregate on it. Clones share it.
 #[derive(Clone)]
@@ -48,11 +63,16 @@ pub struct Store {
 
 struct Inner {
     db: Db,
+    sharding: Box<dyn ShardingStore>,
+    holds: Box<dyn HoldStore>,
     api_keys: Box<dyn ApiKeyStore>,
     leases: Box<dyn LeaseStore>,
+    processes: Box<dyn ProcessStore>,
     brand_alerts: Box<dyn BrandAlertStore>,
     catalog: Box<dyn CatalogStore>,
     members: Box<dyn MemberStore>,
+    email_events: Box<dyn EmailEventStore>,
+    users: Box<dyn UserStore>,
 }
 
 enum Db {
@@ -78,48 +98,76 @@ impl Store {
 
     pub fn from_sqlite(db: SqliteDb, clock: Arc<dyn Clock>) -> Store {
         Self::build(
+            Box::new(Sharding::new(SqliteShardingSql(db.clone()), clock.clone())),
+            Box::new(Holds::new(SqliteHoldSql(db.clone()), clock.clone())),
             Box::new(ApiKeys::new(SqliteApiKeySql(db.clone()), clock.clone())),
             Box::new(Leases::new(SqliteLeaseSql(db.clone()), clock.clone())),
+            Box::new(Processes::new(SqliteProcessSql(db.clone()), clock.clone())),
             Box::new(BrandAlerts::new(
                 SqliteBrandAlertSql(db.clone()),
                 clock.clone(),
             )),
             Box::new(Catalog::new(SqliteCatalogSql(db.clone()), clock.clone())),
-            Box::new(Members::new(SqliteMemberSql(db.clone()), clock)),
+            Box::new(EmailEvents::new(
+                SqliteEmailEventSql(db.clone()),
+                clock.clone(),
+            )),
+            Box::new(Members::new(SqliteMemberSql(db.clone()), clock.clone())),
+            Box::new(Users::new(SqliteUserSql(db.clone()), clock)),
             Db::Sqlite(db),
         )
     }
 
     pub fn from_postgres(db: PgDb, clock: Arc<dyn Clock>) -> Store {
         Self::build(
+            Box::new(Sharding::new(PgShardingSql(db.pool.clone()), clock.clone())),
+            Box::new(Holds::new(PgHoldSql(db.pool.clone()), clock.clone())),
             Box::new(ApiKeys::new(PgApiKeySql(db.pool.clone()), clock.clone())),
             Box::new(Leases::new(PgLeaseSql(db.pool.clone()), clock.clone())),
+            Box::new(Processes::new(PgProcessSql(db.pool.clone()), clock.clone())),
             Box::new(BrandAlerts::new(
                 PgBrandAlertSql(db.pool.clone()),
                 clock.clone(),
             )),
             Box::new(Catalog::new(PgCatalogSql(db.pool.clone()), clock.clone())),
-            Box::new(Members::new(PgMemberSql(db.pool.clone()), clock)),
+            Box::new(EmailEvents::new(
+                PgEmailEventSql(db.pool.clone()),
+                clock.clone(),
+            )),
+            Box::new(Members::new(PgMemberSql(db.pool.clone()), clock.clone())),
+            Box::new(Users::new(PgUserSql(db.pool.clone()), clock)),
             Db::Postgres(db),
         )
     }
 
+    // One argument per aggregate: the list grows with the store.
+    #[allow(clippy::too_many_arguments)]
     fn build(
+        sharding: Box<dyn ShardingStore>,
+        holds: Box<dyn HoldStore>,
         api_keys: Box<dyn ApiKeyStore>,
         leases: Box<dyn LeaseStore>,
+        processes: Box<dyn ProcessStore>,
         brand_alerts: Box<dyn BrandAlertStore>,
         catalog: Box<dyn CatalogStore>,
+        email_events: Box<dyn EmailEventStore>,
         members: Box<dyn MemberStore>,
+        users: Box<dyn UserStore>,
         db: Db,
     ) -> Store {
         Store {
             inner: Arc::new(Inner {
                 db,
+                sharding,
+                holds,
                 api_keys,
                 leases,
+                processes,
                 brand_alerts,
                 catalog,
+                email_events,
                 members,
+                users,
             }),
         }
     }
@@ -179,6 +227,10 @@ impl Store {
         self.inner.leases.as_ref()
     }
 
+    pub fn processes(&self) -> &dyn ProcessStore {
+        self.inner.processes.as_ref()
+    }
+
     pub fn brand_alerts(&self) -> &dyn BrandAlertStore {
         self.inner.brand_alerts.as_ref()
     }
@@ -189,6 +241,24 @@ impl Store {
 
     pub fn members(&self) -> &dyn MemberStore {
         self.inner.members.as_ref()
+    }
+
+    pub fn email_events(&self) -> &dyn EmailEventStore {
+        self.inner.email_events.as_ref()
+    }
+
+    pub fn users(&self) -> &dyn UserStore {
+        self.inner.users.as_ref()
+    }
+}
+
+impl Store {
+    pub fn sharding(&self) -> &dyn ShardingStore {
+        self.inner.sharding.as_ref()
+    }
+
+    pub fn holds(&self) -> &dyn HoldStore {
+        self.inner.holds.as_ref()
     }
 }
 

@@ -9,6 +9,14 @@ use herald_alerts::{AudienceJob, AudienceWorker, Composer, Mailer, Transports};
 use herald_bus::embedded::EmbeddedBus;
 use herald_bus::{Bus, PostgresBus, QueueConfig};
 use herald_core::{Clock, SystemClock};
+use herald_router::ingest::{ensure_topology, EmbeddedSink, EventSink, PostgresSink};
+use herald_router::routing::{Releaser, RouteWorker};
+use herald_router::sharding::{ReleaseSignal, ShardingConsumer};
+use herald_router::subscribers;
+use herald_scheduler::builtin::{BuildDueAlerts, Prune, Redrive};
+use herald_scheduler::{
+    Builtins, EmailSender, Notifier, Scheduler, SchedulerSettings, TransportEmail,
+};
 use herald_server::api::members::ImportLimits;
 use herald_server::{AppState, HttpLimits};
 use herald_store::Store;
@@ -27,6 +35,8 @@ const WORKER_RESTART_DELAY: Duration = Duration::from_secs(5);
 pub struct Backends {
     pub store: Store,
     pub bus: Arc<dyn Bus>,
+    /// Stores webhook batches and publishes them in one transaction.
+    pub events: Arc<dyn EventSink>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +57,14 @@ pub enum AppError {
     Config(#[from] ConfigError),
     #[error("invalid configuration: {0}")]
     Settings(#[from] herald_alerts::SettingsError),
+    #[error("invalid route: {0}")]
+    Route(#[from] herald_core::NameError),
     #[error("HTTP server failed: {0}")]
     Http(#[from] std::io::Error),
+    #[error("push delivery: {0}")]
+    Push(#[from] herald_router::push::PushError),
+    #[error("invalid configuration: {0}")]
+    Ingest(#[from] crate::ingest::IngestConfigError),
 }
 
 impl Backends {
@@ -61,21 +77,26 @@ impl Backends {
             needs,
             store: store.backend(),
         };
-        let bus: Arc<dyn Bus> = match config.bus.backend {
+        // Each pairing's event sink shares the bus instance, so a publish
+        // wakes this process's receivers at once.
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let (bus, events): (Arc<dyn Bus>, Arc<dyn EventSink>) = match config.bus.backend {
             BusBackend::Embedded => {
                 let db = store
                     .sqlite()
                     .ok_or_else(|| mismatch("embedded", "SQLite"))?;
-                Arc::new(EmbeddedBus::new(db.clone()))
+                let bus = Arc::new(EmbeddedBus::new(db.clone()));
+                (bus.clone(), Arc::new(EmbeddedSink::new(bus, clock)))
             }
             BusBackend::Postgres => {
                 let db = store
                     .postgres()
                     .ok_or_else(|| mismatch("postgres", "PostgreSQL"))?;
-                Arc::new(PostgresBus::new(db.clone()).await?)
+                let bus = Arc::new(PostgresBus::new(db.clone()).await?);
+                (bus.clone(), Arc::new(PostgresSink::new(bus, clock)))
             }
         };
-        Ok(Backends { store, bus })
+        Ok(Backends { store, bus, events })
     }
 
     pub async fn close(&self) {
@@ -127,17 +148,58 @@ pub async fn run(
     std::fs::create_dir_all(&config.store.data_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let composer = composer(config, &backends.store, clock.clone())?;
+    // Before any worker or request can publish: an event published before
+    // its subscriber queues exist would be lost to them.
+    ensure_topology(backends.bus.as_ref(), queue_config(config)).await?;
+    herald_router::routing::ensure_topology(backends.bus.as_ref(), &config.routes).await?;
+    let release_signal = ReleaseSignal::new();
     let mut workers = JoinSet::new();
-    if roles.contains(Role::Audience) {
-        let job = Arc::new(AudienceJob::new(
+    if roles.contains(Role::Ingest) {
+        let settings = config.ingest.subscriber_settings();
+        let suppressions = Arc::new(subscribers::suppressions(
             backends.store.clone(),
             backends.bus.clone(),
-            config.audience.clone(),
-            queue_config(config),
-            clock.clone(),
-        )?);
-        supervise(&mut workers, "audience", shutdown.clone(), move |stop| {
-            AudienceWorker::new(job.clone()).run(stop)
+            settings,
+        ));
+        supervise(
+            &mut workers,
+            "suppressions",
+            shutdown.clone(),
+            move |stop| {
+                let worker = suppressions.clone();
+                async move { worker.run(stop).await }
+            },
+        );
+        let stats = Arc::new(subscribers::stats(
+            backends.store.clone(),
+            backends.bus.clone(),
+            settings,
+        ));
+        supervise(&mut workers, "stats", shutdown.clone(), move |stop| {
+            let worker = stats.clone();
+            async move { worker.run(stop).await }
+        });
+    }
+    if roles.contains(Role::Scheduler) {
+        let scheduler = scheduler(config, &backends, roles, clock.clone())?;
+        let store = backends.store.clone();
+        let folder = config
+            .scheduler
+            .process_dir
+            .clone()
+            .unwrap_or_else(|| config.store.data_dir.join("processes"));
+        supervise(&mut workers, "scheduler", shutdown.clone(), move |stop| {
+            let scheduler = scheduler.clone();
+            let store = store.clone();
+            let folder = folder.clone();
+            async move {
+                // Loaded on every (re)start of the worker: the files win.
+                let loaded = herald_scheduler::files::load(&store, Some(&folder))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(folder = %folder.display(), processes = ?loaded, "process definitions loaded");
+                scheduler.run(stop).await.map_err(|e| e.to_string())
+            }
         });
     }
     if roles.contains(Role::Mailer) {
@@ -155,15 +217,44 @@ pub async fn run(
         });
     }
 
-    let state = AppState::new(backends.store.clone(), backends.bus.clone(), composer);
+    if roles.contains(Role::Router) {
+        start_router(
+            &mut workers,
+            config,
+            &backends,
+            &release_signal,
+            clock.clone(),
+            &shutdown,
+        )?;
+        start_push(&mut workers, config, &backends, clock.clone(), &shutdown)?;
+    }
+    let mut state = AppState::new(backends.store.clone(), backends.bus.clone(), composer)
+        .with_release_signal(release_signal.clone());
+    if roles.contains(Role::Ingest) {
+        let receivers = config
+            .ingest
+            .receivers(backends.events.clone(), clock.clone())?;
+        state = state.with_webhooks(Arc::new(receivers));
+    }
     let limits = HttpLimits {
         max_body_bytes: config.server.max_body_bytes,
         request_timeout: config.server.request_timeout,
     };
+    let web = roles.contains(Role::Web).then(|| {
+        herald_web::router(herald_web::WebState::new(
+            state.clone(),
+            web_settings(config),
+        ))
+    });
     let router = herald_server::router(state, limits).layer(axum::Extension(ImportLimits {
         max_bytes: config.server.max_import_bytes,
         spool_dir: Some(config.store.data_dir.clone()),
     }));
+    // The UI's routes carry their own layers (HTML errors, not JSON ones).
+    let router = match web {
+        Some(web) => router.merge(web),
+        None => router,
+    };
 
     let address = listener.local_addr()?;
     tracing::info!(%address, %roles, store = backends.store.backend(), bus = backends.bus.backend(), "Herald is listening");
@@ -199,6 +290,120 @@ pub async fn run(
     Ok(())
 }
 
+/// The web role's settings from configuration.
+pub fn web_settings(config: &Config) -> herald_web::WebSettings {
+    herald_web::WebSettings {
+        secure_cookies: config.web.secure_cookies,
+        session_ttl: config.web.session_ttl,
+        lockout: herald_store::users::LockoutPolicy {
+            max_failures: config.web.max_failed_sign_ins,
+            window: config.web.lockout_window,
+        },
+        max_body_bytes: config.server.max_body_bytes,
+        request_timeout: config.server.request_timeout,
+    }
+}
+
+/// Process notifications by email go out through the configured transports,
+/// from the mailer's sender.
+fn notification_email(config: &Config) -> Result<Arc<dyn EmailSender>, AppError> {
+    let transports = Transports::build(
+        &config.transports,
+        &config.mailer.default_transport,
+        &config.store.data_dir,
+    )?;
+    let sender = &config.mailer.from;
+    let address = sender.address.parse().map_err(|e| {
+        AppError::Settings(herald_alerts::SettingsError::new(
+            "mailer.from.address",
+            format!("{e}"),
+        ))
+    })?;
+    let domain = sender
+        .address
+        .rsplit_once('@')
+        .map_or("herald.localhost", |(_, d)| d)
+        .to_owned();
+    Ok(Arc::new(TransportEmail {
+        transports: Arc::new(transports),
+        from: herald_mail::Mailbox::new(sender.name.clone(), address),
+        domain,
+    }))
+}
+
+/// The scheduler of this process. Audience
+/// builds have no polling loop of their own: they are the built-in job
+/// `brand-alerts.build-due`, which the shipped `brand-alerts` process runs
+/// every minute. A scheduler can run that job only in a process that also
+/// has the audience role (so `--roles scheduler,audience` in a distributed
+/// deployment).
+fn scheduler(
+    config: &Config,
+    backends: &Backends,
+    roles: &Roles,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<Scheduler>, AppError> {
+    let mut builtins = Builtins::default()
+        .with("queues.redrive", Arc::new(Redrive(backends.bus.clone())))
+        .with(
+            "store.prune",
+            Arc::new(Prune {
+                store: backends.store.clone(),
+                clock: clock.clone(),
+            }),
+        );
+    if roles.contains(Role::Audience) {
+        let job = Arc::new(AudienceJob::new(
+            backends.store.clone(),
+            backends.bus.clone(),
+            config.audience.clone(),
+            queue_config(config),
+            clock.clone(),
+        )?);
+        builtins = builtins.with(
+            "brand-alerts.build-due",
+            Arc::new(BuildDueAlerts(Arc::new(AudienceWorker::new(job)))),
+        );
+    }
+    let settings = SchedulerSettings {
+        lease_ttl: config.scheduler.lease_ttl,
+        renew_every: config.scheduler.renew_every,
+        tick_interval: config.scheduler.tick_interval,
+        ..SchedulerSettings::default()
+    };
+    Ok(Arc::new(Scheduler::new(
+        backends.store.clone(),
+        clock.clone(),
+        settings,
+        builtins,
+        Arc::new(Notifier::new(Some(notification_email(config)?), clock)),
+    )))
+}
+
+/// One push worker per `[[push]]` entry, each delivering its shard's queue
+/// to the shard's endpoint.
+fn start_push(
+    workers: &mut JoinSet<()>,
+    config: &Config,
+    backends: &Backends,
+    clock: Arc<dyn Clock>,
+    shutdown: &CancellationToken,
+) -> Result<(), AppError> {
+    for target in config.push_targets()? {
+        let worker = herald_router::push::PushWorker::new(
+            backends.bus.clone(),
+            target,
+            queue_config(config),
+            clock.clone(),
+        )?;
+        supervise(workers, "push", shutdown.clone(), move |stop| {
+            let worker = worker.clone();
+            async move { worker.run(stop).await.map(drop) }
+        });
+    }
+    Ok(())
+}
+
 /// Runs a worker until `shutdown`, starting it again after an error (a
 /// database restart, say) rather than leaving the role dead in a live
 /// process.
@@ -227,6 +432,47 @@ fn supervise<F, Fut, E>(
         }
         tracing::info!(worker = name, "stopped");
     });
+}
+
+/// The router role: one worker per configured route, the hold releaser and
+/// the consumer of the `sharding-events` queue, which wakes the releaser
+/// through `signal` as the API does.
+fn start_router(
+    workers: &mut JoinSet<()>,
+    config: &Config,
+    backends: &Backends,
+    signal: &ReleaseSignal,
+    clock: Arc<dyn Clock>,
+    shutdown: &CancellationToken,
+) -> Result<(), AppError> {
+    for route in &config.routes {
+        let worker = RouteWorker::new(
+            route.clone(),
+            backends.store.clone(),
+            backends.bus.clone(),
+            config.routing.clone(),
+        )?;
+        supervise(workers, "route", shutdown.clone(), move |stop| {
+            worker.clone().run(stop)
+        });
+    }
+    let releaser = Releaser::new(
+        config.routes.clone(),
+        backends.store.clone(),
+        backends.bus.clone(),
+        signal.clone(),
+        config.routing.clone(),
+        clock,
+    );
+    supervise(workers, "hold releaser", shutdown.clone(), move |stop| {
+        releaser.clone().run(stop)
+    });
+    let consumer =
+        ShardingConsumer::new(backends.store.clone(), backends.bus.clone(), signal.clone());
+    supervise(workers, "sharding events", shutdown.clone(), move |stop| {
+        consumer.clone().run(stop)
+    });
+    Ok(())
 }
 
 /// A token fired by Ctrl-C or SIGTERM.

@@ -50,6 +50,9 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Sharding events, customer placements and migration holds.
+    #[command(subcommand)]
+    Shards(crate::shards::ShardsCommand),
     /// Measure Herald against a reference doing the same work in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -58,6 +61,12 @@ pub enum Command {
     /// Demo data: a catalog, members with affinities, and an alert due soon.
     #[command(subcommand)]
     Demo(DemoCommand),
+    /// Manage web UI accounts.
+    #[command(subcommand)]
+    Users(crate::users::UsersCommand),
+    /// The scheduler's processes and runs.
+    #[command(subcommand)]
+    Jobs(crate::jobs::JobsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +190,35 @@ pub enum BenchCommand {
     /// Postfix's smtp-sink; the reference is Postfix's smtp-source sending the
     /// same number of messages of the same size over as many sessions.
     Delivery(DeliveryBenchArgs),
+    /// Route events from the email-events topic to shard queues (default
+    /// 100,000 events, 10,000 customers over 4 shards, 1% migrating) on the
+    /// embedded store and bus; the reference does the same row work with raw
+    /// SQLite. Then times the release of 1,000 held events.
+    Routing(RoutingBenchArgs),
+    /// Post signed SendGrid batches over concurrent connections to Herald's
+    /// webhook receiver on a fresh embedded store; the reference is a bare
+    /// HTTP handler that reads the body and answers 200, under the same load.
+    Ingest(IngestBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IngestBenchArgs {
+    /// Requests (batches) posted to each side.
+    #[arg(long, default_value_t = 600)]
+    pub batches: usize,
+    /// Events per batch.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// PKCS#8 PEM key to sign with (e.g. the SendGrid fixture's
+    /// private_key.pem); a new key is generated when absent.
+    #[arg(long)]
+    pub private_key: Option<PathBuf>,
+    /// Folder for the run's database (default: the system's temporary folder).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -225,6 +263,28 @@ pub struct DeliveryBenchArgs {
     #[arg(long, default_value_t = 32)]
     pub receive_batch: usize,
     /// Folder for the run's database (default: the system's temporary folder).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RoutingBenchArgs {
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    #[arg(long, default_value_t = 10_000)]
+    pub customers: u64,
+    #[arg(long, default_value_t = 4)]
+    pub shards: u64,
+    /// Percent of customers migrating while the events are routed.
+    #[arg(long, default_value_t = 1.0)]
+    pub migrating_percent: f64,
+    /// Events per worker batch (routing.batch_size).
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Events held for the release measurement.
+    #[arg(long, default_value_t = 1_000)]
+    pub held: u64,
+    /// Folder for the run's databases (default: the system's temporary folder).
     #[arg(long)]
     pub dir: Option<PathBuf>,
 }

@@ -283,6 +283,19 @@ pub async fn bench(command: &BenchCommand) -> anyhow::Result<()> {
             let report = crate::bench::run_audience_bench(options).await?;
             println!("{report}");
         }
+        BenchCommand::Routing(args) => {
+            let options = crate::bench::RoutingBenchOptions {
+                dir: args.dir.clone(),
+                events: args.events,
+                customers: args.customers,
+                shards: args.shards,
+                migrating_percent: args.migrating_percent,
+                batch: args.batch,
+                held: args.held,
+            };
+            let report = crate::bench::run_routing_bench(options).await?;
+            println!("{report}");
+        }
         BenchCommand::Delivery(args) => {
             let options = crate::bench::DeliveryBenchOptions {
                 dir: args.dir.clone(),
@@ -292,6 +305,24 @@ pub async fn bench(command: &BenchCommand) -> anyhow::Result<()> {
                 receive_batch: args.receive_batch,
             };
             let report = crate::bench::run_delivery_bench(options).await?;
+            println!("{report}");
+        }
+        BenchCommand::Ingest(args) => {
+            let private_key_pem =
+                match &args.private_key {
+                    Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+                        format!("cannot read the signing key {}", path.display())
+                    })?),
+                    None => None,
+                };
+            let options = crate::bench::IngestBenchOptions {
+                dir: args.dir.clone(),
+                batches: args.batches,
+                batch_size: args.batch_size,
+                connections: args.connections,
+                private_key_pem,
+            };
+            let report = crate::bench::run_ingest_bench(options).await?;
             println!("{report}");
         }
     }
@@ -459,6 +490,12 @@ pub async fn demo_seed(
             token.expose(),
             config.server.listen,
             summary.alert_id
+        );
+        let password = crate::users::demo_account(store).await?;
+        println!(
+            "Web UI: http://{}/ui  sign in as {} with the password {password}",
+            config.server.listen,
+            crate::users::DEMO_EMAIL
         );
     }
     Ok(())

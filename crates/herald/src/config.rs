@@ -36,6 +36,83 @@ pub struct Config {
     pub transports: BTreeMap<String, TransportConfig>,
     #[serde(default)]
     pub keys: KeysConfig,
+    /// Routing functions (role "router"): each takes events from its
+    /// source topic to per-shard queues; see herald_core::routing.
+    #[serde(default)]
+    pub routes: Vec<herald_core::routing::Route>,
+    /// How the routing workers and the hold releaser run.
+    #[serde(default)]
+    pub routing: herald_router::routing::RoutingSettings,
+    #[serde(default)]
+    pub web: WebConfig,
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    #[serde(default)]
+    pub ingest: crate::ingest::IngestConfig,
+    /// Push delivery (role "router"): each `[[push]]` entry POSTs one
+    /// shard's queue to the shard's endpoint, signed with Standard Webhooks.
+    #[serde(default)]
+    pub push: Vec<herald_router::push::PushSettings>,
+}
+
+/// The scheduler (role "scheduler").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Process definitions, one `<name>.toml` or `<name>.json` each; they
+    /// replace the stored definitions on every start. Relative to the
+    /// working directory; empty means `<data_dir>/processes`.
+    #[serde(default)]
+    pub process_dir: Option<PathBuf>,
+    /// How long the active scheduler's lease lasts without renewal: a
+    /// stopped leader is replaced after about this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the leader renews its lease; well under `lease_ttl`.
+    #[serde(with = "humantime_serde")]
+    pub renew_every: Duration,
+    /// How often the scheduler looks for due runs and moves runs along.
+    #[serde(with = "humantime_serde")]
+    pub tick_interval: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            process_dir: None,
+            lease_ttl: Duration::from_secs(30),
+            renew_every: Duration::from_secs(10),
+            tick_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The web UI (role "web").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// When the session cookie is marked `Secure`: "auto" (when a
+    /// TLS-terminating proxy sends `X-Forwarded-Proto: https`), "always" or
+    /// "never".
+    pub secure_cookies: herald_web::SecureCookies,
+    /// How long a sign-in lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Failed sign-ins within `lockout_window` that lock an address.
+    pub max_failed_sign_ins: u32,
+    #[serde(with = "humantime_serde")]
+    pub lockout_window: Duration,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            secure_cookies: herald_web::SecureCookies::Auto,
+            session_ttl: Duration::from_secs(12 * 3600),
+            max_failed_sign_ins: 5,
+            lockout_window: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 /// Secrets Herald signs with.
@@ -177,11 +254,43 @@ impl Config {
                 "server.max_body_bytes: must be at least 1".into(),
             ));
         }
+        if self.web.session_ttl.is_zero() {
+            return Err(ConfigError(
+                "web.session_ttl: must be longer than 0s".into(),
+            ));
+        }
+        if self.web.max_failed_sign_ins == 0 || self.web.lockout_window.is_zero() {
+            return Err(ConfigError(
+                "web.max_failed_sign_ins and web.lockout_window: must be at least 1 and longer than 0s".into(),
+            ));
+        }
+        if self.scheduler.tick_interval.is_zero()
+            || self.scheduler.renew_every.is_zero()
+            || self.scheduler.renew_every * 2 > self.scheduler.lease_ttl
+        {
+            return Err(ConfigError(
+                "scheduler.renew_every: must be longer than 0s and at most half of scheduler.lease_ttl, and scheduler.tick_interval longer than 0s".into(),
+            ));
+        }
+        self.routing.validate().map_err(ConfigError)?;
+        let mut route_names = std::collections::BTreeSet::new();
+        for route in &self.routes {
+            if !route_names.insert(route.name.as_str()) {
+                return Err(ConfigError(format!(
+                    "routes: two routes are named {:?}; each needs its own name (it names the route's queue)",
+                    route.name
+                )));
+            }
+        }
         if self.server.request_timeout.is_zero() {
             return Err(ConfigError(
                 "server.request_timeout: must be longer than 0s".into(),
             ));
         }
+        self.ingest
+            .verifiers()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        self.push_targets()?;
         self.mailer
             .validate()
             .and_then(|()| self.audience.validate())
@@ -249,6 +358,28 @@ impl Config {
         shown.store.url = mask_password(&shown.store.url);
         toml::to_string_pretty(&shown)
             .unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+    }
+}
+
+impl Config {
+    /// The `[[push]]` entries, checked and with their secrets loaded; two
+    /// entries may not push the same queue (each message would reach only
+    /// one of their endpoints).
+    pub fn push_targets(&self) -> Result<Vec<herald_router::push::PushTarget>, ConfigError> {
+        let mut targets: Vec<herald_router::push::PushTarget> = Vec::new();
+        for (index, settings) in self.push.iter().enumerate() {
+            let target = settings
+                .resolve(index, |var| std::env::var(var).ok())
+                .map_err(|e| ConfigError(e.to_string()))?;
+            if let Some(first) = targets.iter().position(|t| t.queue == target.queue) {
+                return Err(ConfigError(format!(
+                    "push[{index}].queue: {} is already pushed by push[{first}]",
+                    target.queue
+                )));
+            }
+            targets.push(target);
+        }
+        Ok(targets)
     }
 }
 
@@ -378,5 +509,42 @@ mod tests {
             Some(PathBuf::from("defaults.toml"))
         })
         .unwrap();
+    }
+
+    #[test]
+    fn push_entries_load_their_secrets_and_are_shown_masked() {
+        const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let entry = |shard: u32, secret: &str| {
+            format!(
+                "[[push]]\nshard = \"{shard}\"\nqueue = \"shard-1.email-events\"\nurl = \"https://shard-{shard}.internal/events\"\n{secret}\n"
+            )
+        };
+        // Loading checks the entries, secret included.
+        let config = load_with(
+            Some(&entry(1, "secret_env = \"SHARD_1_PUSH_SECRET\"")),
+            &[("SHARD_1_PUSH_SECRET", SECRET)],
+        )
+        .unwrap();
+        assert_eq!(config.push[0].queue, "shard-1.email-events");
+
+        let inline = load_with(Some(&entry(1, &format!("secret = \"{SECRET}\""))), &[]).unwrap();
+        let targets = inline.push_targets().unwrap();
+        assert_eq!(targets[0].attempts(), 7);
+        let shown = inline.to_masked_toml();
+        assert!(
+            !shown.contains(SECRET) && shown.contains("[[push]]"),
+            "{shown}"
+        );
+
+        let err =
+            load_with(Some(&entry(1, "secret_env = \"UNSET_PUSH_SECRET\"")), &[]).unwrap_err();
+        assert!(err.to_string().contains("push[0].secret_env"), "{err}");
+        let twice = format!(
+            "{}{}",
+            entry(1, &format!("secret = \"{SECRET}\"")),
+            entry(2, &format!("secret = \"{SECRET}\""))
+        );
+        let err = load_with(Some(&twice), &[]).unwrap_err();
+        assert!(err.to_string().contains("push[1].queue"), "{err}");
     }
 }

@@ -75,8 +75,11 @@ async fn dispatch(command: Command, mut config: Config) -> anyhow::Result<()> {
         Command::Queues(command) => commands::queues(&command, &config).await?,
         Command::Config(command) => commands::config(&command, &config),
         Command::Keys(command) => commands::keys(&command, &config).await?,
+        Command::Shards(command) => herald::shards::run(&command, &config).await?,
         Command::Bench(command) => commands::bench(&command).await?,
         Command::Import(args) => commands::import(&args, &config).await?,
+        Command::Users(command) => herald::users::run(&command, &config).await?,
+        Command::Jobs(command) => herald::jobs::run(&command, &config).await?,
         Command::Demo(DemoCommand::Seed(args)) => {
             let backends = Backends::open(&config)
                 .await

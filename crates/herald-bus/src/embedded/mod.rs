@@ -30,7 +30,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 mod sql;
+mod tx;
 mod writer;
+
+pub use self::tx::EmbeddedTx;
 
 use self::sql::{
     ack_all_sql, ack_sql, insert_sql, send_sql, Packed, SendShape, DELETE_SEQS, LEASED_SEQS,

@@ -42,6 +42,9 @@ use tokio::time::Instant;
 
 mod listener;
 mod sql;
+mod tx;
+
+pub use self::tx::PostgresTx;
 
 use self::listener::Wakers;
 use self::sql::{

@@ -1,23 +1,53 @@
-//! SMTP through lettre: pooled connections, STARTTLS, implicit TLS or
-//! plain (rustls only), optional AUTH and a messages-per-second limit.
+//! SMTP with lettre's protocol client over connections Herald opens itself:
+//! a pool of reusable connections, STARTTLS, implicit TLS or plain (rustls
+//! only), optional AUTH and a messages-per-second limit.
+//!
+//! Why not lettre's own transport: it connects without `TCP_NODELAY` and
+//! writes a message's body and its closing `.` in two writes, so Nagle's
+//! algorithm holds the `.` back until the server's delayed ACK (40 ms on
+//! Linux): one stall per message, at most ~25 messages per second on a
+//! connection. Its pool also sends NOOP on every idle connection before
+//! reusing it, one more round trip per message. Here every socket has
+//! `TCP_NODELAY`, and an idle connection is reused as it is: if the server
+//! closed it meanwhile, the `MAIL FROM` fails before anything was handed
+//! over, and the message goes out on a fresh connection instead.
 
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex as SyncMutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::transport::smtp::{AsyncSmtpTransportBuilder, PoolConfig};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
+};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::response::Response;
 use secrecy::{ExposeSecret, SecretString};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
 
 use crate::message::OutgoingEmail;
 
 use super::{BuildError, SendError, SendReceipt, Transport};
 
+/// An idle connection unused for longer than this is closed rather than
+/// reused: servers end idle sessions on their own (Postfix after 300 s),
+/// and a connection they ended costs a failed `MAIL FROM` to find out.
+const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// How the connection is protected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,7 +78,9 @@ pub struct SmtpConfig {
     /// by a private CA.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Most connections kept open to the server.
+    /// Most idle connections kept open for the next sends. Sends beyond it
+    /// at one moment open extra connections and close them after use, so
+    /// set it to the mailer's `concurrency` to reuse every connection.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
     /// Most messages handed to the server per second; unlimited if unset.
@@ -77,14 +109,53 @@ impl SmtpConfig {
     }
 }
 
-type Pool = Arc<AsyncSmtpTransport<Tokio1Executor>>;
+/// How connections are protected, ready to use.
+enum Protection {
+    None,
+    /// lettre's STARTTLS, with the parameters it upgrades with.
+    Starttls(TlsParameters),
+    /// TLS from the first byte; lettre only offers that on sockets it opens
+    /// itself, so the handshake is done here with the same rustls.
+    Tls {
+        connector: TlsConnector,
+        server_name: ServerName<'static>,
+    },
+}
 
-#[derive(Debug)]
+/// A pooled connection and when it was last used.
+struct Idle {
+    connection: AsyncSmtpConnection,
+    since: Instant,
+}
+
 pub struct SmtpTransport {
-    builder: AsyncSmtpTransportBuilder,
-    pool: RwLock<Pool>,
+    host: String,
+    port: u16,
+    protection: Protection,
+    credentials: Option<Credentials>,
+    hello_name: ClientId,
+    pool_size: usize,
+    idle: SyncMutex<Vec<Idle>>,
     timeout: Duration,
     limiter: Option<RateLimiter>,
+}
+
+impl fmt::Debug for SmtpTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let security = match self.protection {
+            Protection::None => SmtpSecurity::None,
+            Protection::Starttls(_) => SmtpSecurity::Starttls,
+            Protection::Tls { .. } => SmtpSecurity::Tls,
+        };
+        f.debug_struct("SmtpTransport")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &security)
+            .field("authenticated", &self.credentials.is_some())
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SmtpTransport {
@@ -96,47 +167,71 @@ impl SmtpTransport {
         if config.pool_size == 0 {
             return Err(invalid("pool_size", "must be at least 1".to_owned()));
         }
-        let tls = match config.security {
-            SmtpSecurity::None => Tls::None,
-            security => {
+        let extra_roots = match &config.ca_file {
+            Some(path) if config.security != SmtpSecurity::None => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| invalid("ca_file", format!("{}: {e}", path.display())))?;
+                Some((path, pem))
+            }
+            _ => None,
+        };
+        let protection = match config.security {
+            SmtpSecurity::None => Protection::None,
+            SmtpSecurity::Starttls => {
                 let mut params = TlsParameters::builder(config.host.clone());
-                if let Some(path) = &config.ca_file {
-                    let pem = std::fs::read(path)
-                        .map_err(|e| invalid("ca_file", format!("{}: {e}", path.display())))?;
-                    let cert = Certificate::from_pem(&pem)
+                if let Some((path, pem)) = &extra_roots {
+                    let cert = Certificate::from_pem(pem)
                         .map_err(|e| invalid("ca_file", format!("{}: {e}", path.display())))?;
                     params = params.add_root_certificate(cert);
                 }
-                let params = params
-                    .build_rustls()
-                    .map_err(|e| invalid("security", e.to_string()))?;
-                if security == SmtpSecurity::Tls {
-                    Tls::Wrapper(params)
-                } else {
-                    Tls::Required(params)
+                Protection::Starttls(
+                    params
+                        .build_rustls()
+                        .map_err(|e| invalid("security", e.to_string()))?,
+                )
+            }
+            SmtpSecurity::Tls => {
+                let mut roots = RootCertStore::empty();
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                if let Some((path, pem)) = &extra_roots {
+                    let bad = |e: String| invalid("ca_file", format!("{}: {e}", path.display()));
+                    let certs = CertificateDer::pem_slice_iter(pem)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| bad(e.to_string()))?;
+                    if certs.is_empty() {
+                        return Err(bad("holds no PEM certificate".to_owned()));
+                    }
+                    for cert in certs {
+                        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+                    }
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let tls = ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| invalid("security", e.to_string()))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                let server_name = ServerName::try_from(config.host.clone())
+                    .map_err(|e| invalid("host", e.to_string()))?;
+                Protection::Tls {
+                    connector: TlsConnector::from(Arc::new(tls)),
+                    server_name,
                 }
             }
         };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
-            .port(config.port())
-            .tls(tls)
-            .timeout(Some(config.timeout))
-            .pool_config(PoolConfig::new().max_size(config.pool_size));
-        match (&config.username, &config.password) {
-            (Some(user), Some(password)) => {
-                builder = builder.credentials(Credentials::new(
-                    user.clone(),
-                    password.expose_secret().to_owned(),
-                ));
-            }
-            (None, None) => {}
+        let credentials = match (&config.username, &config.password) {
+            (Some(user), Some(password)) => Some(Credentials::new(
+                user.clone(),
+                password.expose_secret().to_owned(),
+            )),
+            (None, None) => None,
             (Some(_), None) => {
                 return Err(invalid("password", "is required with username".to_owned()));
             }
             (None, Some(_)) => {
                 return Err(invalid("username", "is required with password".to_owned()));
             }
-        }
+        };
         let limiter = match config.rate_limit_per_second {
             None => None,
             Some(rate) => Some(RateLimiter::new(NonZeroU32::new(rate).ok_or_else(
@@ -144,22 +239,240 @@ impl SmtpTransport {
             )?)),
         };
         Ok(Self {
-            pool: RwLock::new(Arc::new(builder.clone().build())),
-            builder,
+            host: config.host.clone(),
+            port: config.port(),
+            protection,
+            credentials,
+            hello_name: ClientId::default(),
+            pool_size: usize::try_from(config.pool_size).unwrap_or(usize::MAX),
+            idle: SyncMutex::new(Vec::new()),
             timeout: config.timeout,
             limiter,
         })
     }
 
-    /// Swaps in a fresh pool, unless another send already did. lettre only
-    /// limits the time to connect, so a send is cut short from outside, and
-    /// the connection it was using may still be owed a reply: it must never
-    /// be reused. Dropping the pool closes its connections.
-    fn replace_pool(&self, stale: &Pool) {
-        let mut pool = self.pool.write().unwrap_or_else(PoisonError::into_inner);
-        if Arc::ptr_eq(&pool, stale) {
-            *pool = Arc::new(self.builder.clone().build());
+    /// The most recently used idle connection young enough to reuse;
+    /// older ones are closed on the way.
+    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|c| c.since.elapsed() < IDLE_LIMIT);
+        idle.pop().map(|c| c.connection)
+    }
+
+    /// Keeps a connection for the next send, or closes it when the pool is
+    /// full.
+    fn put_idle(&self, connection: AsyncSmtpConnection) {
+        if connection.has_broken() {
+            return;
         }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.pool_size {
+            idle.push(Idle {
+                connection,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Opens a connection with `TCP_NODELAY`, protects it as configured,
+    /// greets and authenticates.
+    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        let socket = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| {
+                SendError::transient(format!(
+                    "SMTP: cannot connect to {}:{}: {e}",
+                    self.host, self.port
+                ))
+            })?;
+        socket
+            .set_nodelay(true)
+            .map_err(|e| SendError::transient(format!("SMTP: cannot set TCP_NODELAY: {e}")))?;
+        let stream: Box<dyn AsyncTokioStream> = match &self.protection {
+            Protection::Tls {
+                connector,
+                server_name,
+            } => {
+                let tls = connector
+                    .connect(server_name.clone(), socket)
+                    .await
+                    .map_err(|e| {
+                        SendError::transient(format!(
+                            "SMTP: TLS handshake with {}:{} failed: {e}",
+                            self.host, self.port
+                        ))
+                    })?;
+                Box::new(TlsSocket(tls))
+            }
+            Protection::None | Protection::Starttls(_) => Box::new(socket),
+        };
+        let mut connection = AsyncSmtpConnection::connect_with_transport(stream, &self.hello_name)
+            .await
+            .map_err(classify)?;
+        if let Protection::Starttls(params) = &self.protection {
+            connection
+                .starttls(params.clone(), &self.hello_name)
+                .await
+                .map_err(classify)?;
+        }
+        if let Some(credentials) = &self.credentials {
+            connection
+                .auth(DEFAULT_MECHANISMS, credentials)
+                .await
+                .map_err(classify)?;
+        }
+        Ok(connection)
+    }
+
+    /// Hands the message over on an idle connection, or on a new one when
+    /// there is none or the idle one turns out closed.
+    async fn deliver(&self, envelope: &Envelope, body: &[u8]) -> Result<Response, SendError> {
+        if let Some(mut connection) = self.take_idle() {
+            match transaction(&mut connection, envelope, body).await {
+                Err(Failure::Smtp {
+                    stage: Stage::Mail,
+                    error,
+                }) if error.status().is_none() => {
+                    tracing::debug!(error = %error, "SMTP: an idle connection was closed by the server; sending on a new one");
+                }
+                outcome => return self.settle(connection, outcome).await,
+            }
+        }
+        let mut connection = self.connect().await?;
+        let outcome = transaction(&mut connection, envelope, body).await;
+        self.settle(connection, outcome).await
+    }
+
+    /// Returns the connection to the pool if it can go on, and the outcome
+    /// as a send result.
+    async fn settle(
+        &self,
+        mut connection: AsyncSmtpConnection,
+        outcome: Result<Response, Failure>,
+    ) -> Result<Response, SendError> {
+        match outcome {
+            Ok(response) => {
+                self.put_idle(connection);
+                Ok(response)
+            }
+            Err(Failure::Unsupported(reason)) => {
+                self.put_idle(connection);
+                Err(SendError::permanent(
+                    format!("SMTP client error: {reason}"),
+                    false,
+                ))
+            }
+            // A refusal leaves the session usable once the transaction is
+            // reset; anything else (network, garbled reply) ends it.
+            Err(Failure::Smtp { error, .. }) => {
+                if error.status().is_some() && connection.command(Rset).await.is_ok() {
+                    self.put_idle(connection);
+                }
+                Err(classify(error))
+            }
+        }
+    }
+}
+
+/// Where in the mail transaction a failure happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// `MAIL FROM`: nothing of the message was handed over yet.
+    Mail,
+    /// `RCPT TO`, `DATA` or the message itself.
+    Later,
+}
+
+enum Failure {
+    Smtp {
+        stage: Stage,
+        error: lettre::transport::smtp::Error,
+    },
+    /// The message needs an extension the server does not offer; nothing
+    /// was sent and the session is untouched.
+    Unsupported(&'static str),
+}
+
+/// One mail transaction, as lettre's `send` does it, telling the stage of a
+/// failure apart so a closed idle connection can be retried safely.
+async fn transaction(
+    connection: &mut AsyncSmtpConnection,
+    envelope: &Envelope,
+    body: &[u8],
+) -> Result<Response, Failure> {
+    let info = connection.server_info();
+    let mut parameters = Vec::new();
+    let non_ascii_address = envelope
+        .from()
+        .into_iter()
+        .chain(envelope.to())
+        .any(|address| !AsRef::<str>::as_ref(address).is_ascii());
+    if non_ascii_address {
+        if !info.supports_feature(Extension::SmtpUtfEight) {
+            return Err(Failure::Unsupported(
+                "the envelope has non-ASCII addresses and the server does not offer SMTPUTF8",
+            ));
+        }
+        parameters.push(MailParameter::SmtpUtfEight);
+    }
+    if !body.is_ascii() {
+        if !info.supports_feature(Extension::EightBitMime) {
+            return Err(Failure::Unsupported(
+                "the message is not ASCII and the server does not offer 8BITMIME",
+            ));
+        }
+        parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    let at = |stage| move |error| Failure::Smtp { stage, error };
+    connection
+        .command(Mail::new(envelope.from().cloned(), parameters))
+        .await
+        .map_err(at(Stage::Mail))?;
+    for recipient in envelope.to() {
+        connection
+            .command(Rcpt::new(recipient.clone(), Vec::new()))
+            .await
+            .map_err(at(Stage::Later))?;
+    }
+    connection.command(Data).await.map_err(at(Stage::Later))?;
+    connection.message(body).await.map_err(at(Stage::Later))
+}
+
+/// A TLS session over a socket, as lettre's connection reads and writes it.
+#[derive(Debug)]
+struct TlsSocket(tokio_rustls::client::TlsStream<TcpStream>);
+
+impl AsyncRead for TlsSocket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsSocket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for TlsSocket {
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.0.get_ref().0.peer_addr()
     }
 }
 
@@ -174,21 +487,21 @@ impl Transport for SmtpTransport {
         if let Some(limiter) = &self.limiter {
             limiter.acquire().await;
         }
-        let pool = self
-            .pool
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let response = match tokio::time::timeout(self.timeout, pool.send(message)).await {
-            Ok(sent) => sent.map_err(classify)?,
-            Err(_) => {
-                self.replace_pool(&pool);
-                return Err(SendError::transient(format!(
-                    "SMTP server did not finish accepting the message within {:?}",
-                    self.timeout
-                )));
-            }
-        };
+        let body = message.formatted();
+        // lettre bounds no reply wait, so the whole send is bounded here; a
+        // send cut short drops its connection with it, never reused while
+        // it may still be owed a reply.
+        let response =
+            match tokio::time::timeout(self.timeout, self.deliver(message.envelope(), &body)).await
+            {
+                Ok(delivered) => delivered?,
+                Err(_) => {
+                    return Err(SendError::transient(format!(
+                        "SMTP server did not finish accepting the message within {:?}",
+                        self.timeout
+                    )))
+                }
+            };
         let reply: Vec<&str> = response.message().collect();
         Ok(SendReceipt {
             provider_message_id: Some(format!("{} {}", response.code(), reply.join(" "))),

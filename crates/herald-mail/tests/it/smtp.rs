@@ -365,3 +365,122 @@ async fn implicit_tls_delivers() {
     assert_eq!(received[0].0["tls"], true);
     assert_mime_matches(&received[0].1, &message);
 }
+
+/// A bare SMTP server that counts the connections it accepts and the
+/// messages it takes; with `close_after_message` it ends each session
+/// right after accepting a message, without telling the client, as a
+/// server does when an idle session times out.
+struct CountingServer {
+    port: u16,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    messages: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingServer {
+    async fn start(close_after_message: bool) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let messages = Arc::new(AtomicUsize::new(0));
+        let (conns, msgs) = (connections.clone(), messages.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                conns.fetch_add(1, Ordering::SeqCst);
+                let msgs = msgs.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    write.write_all(b"220 counting ESMTP\r\n").await.unwrap();
+                    let mut in_data = false;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let reply: &[u8] = if in_data {
+                            if line != "." {
+                                continue;
+                            }
+                            in_data = false;
+                            msgs.fetch_add(1, Ordering::SeqCst);
+                            b"250 2.0.0 Ok: queued\r\n"
+                        } else {
+                            match line.get(..4).map(str::to_ascii_uppercase).as_deref() {
+                                Some("EHLO") => b"250-counting\r\n250 8BITMIME\r\n",
+                                Some("DATA") => {
+                                    in_data = true;
+                                    b"354 End data with <CR><LF>.<CR><LF>\r\n"
+                                }
+                                Some("QUIT") => {
+                                    let _ = write.write_all(b"221 Bye\r\n").await;
+                                    return;
+                                }
+                                _ => b"250 Ok\r\n",
+                            }
+                        };
+                        if write.write_all(reply).await.is_err() {
+                            return;
+                        }
+                        if close_after_message && reply.starts_with(b"250 2.0.0") {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            connections,
+            messages,
+            task,
+        }
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering;
+        (
+            self.connections.load(Ordering::SeqCst),
+            self.messages.load(Ordering::SeqCst),
+        )
+    }
+}
+
+impl Drop for CountingServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_are_reused_for_the_next_sends() {
+    let server = CountingServer::start(false).await;
+    let transport = SmtpTransport::new(&config(server.port, SmtpSecurity::None)).unwrap();
+    for i in 1..=3 {
+        transport
+            .send(&email(
+                &format!("member{i}@example.net"),
+                "a1",
+                &format!("m{i}"),
+            ))
+            .await
+            .unwrap();
+    }
+    assert_eq!(server.counts(), (1, 3), "(connections, messages)");
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closed_while_idle_is_replaced_without_failing_the_send() {
+    let server = CountingServer::start(true).await;
+    let transport = SmtpTransport::new(&config(server.port, SmtpSecurity::None)).unwrap();
+    for i in 1..=3 {
+        transport
+            .send(&email(
+                &format!("member{i}@example.net"),
+                "a1",
+                &format!("m{i}"),
+            ))
+            .await
+            .unwrap();
+    }
+    assert_eq!(server.counts(), (3, 3), "(connections, messages)");
+}

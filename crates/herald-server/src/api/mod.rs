@@ -22,6 +22,9 @@ pub mod alert_delivery;
 pub mod brand_alerts;
 pub mod catalog;
 pub mod members;
+pub mod processes;
+pub mod queues;
+pub mod sharding;
 
 /// The error body every 4xx and 5xx answer carries.
 #[derive(Debug, serde::Serialize, ToSchema)]
@@ -73,8 +76,11 @@ fn split() -> (Router<AppState>, OpenApiDoc) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(catalog::routes())
         .merge(members::routes())
+        .merge(processes::routes())
         .merge(brand_alerts::routes())
         .merge(alert_delivery::routes())
+        .merge(queues::routes())
+        .merge(sharding::routes())
         .split_for_parts()
 }
 

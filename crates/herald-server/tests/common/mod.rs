@@ -54,6 +54,72 @@ pub async fn spawn_app_with(wrap: impl FnOnce(axum::Router) -> axum::Router) -> 
     .expect("store opens");
     store.migrate().await.expect("migrations apply");
     let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(store.sqlite().unwrap().clone()));
+    launch(store, bus, data, wrap).await
+}
+
+/// The backends a test can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite store and embedded bus, the all-in-one default.
+    Embedded,
+    /// PostgreSQL store and bus, in a fresh schema of the database
+    /// `HERALD_TEST_DATABASE_URL` names.
+    Postgres,
+}
+
+/// As [`spawn_app`] on `backend`; `None` (the test is skipped) for
+/// PostgreSQL when no server is configured, unless `HERALD_REQUIRE_POSTGRES=1`.
+pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
+    match backend {
+        Backend::Embedded => Some(spawn_app().await),
+        Backend::Postgres => {
+            let url = postgres_schema_url().await?;
+            let data = tempfile::tempdir().expect("temporary folder");
+            let store = Store::connect(&url).await.expect("store opens");
+            store.migrate().await.expect("migrations apply");
+            let bus: Arc<dyn Bus> = Arc::new(
+                herald_bus::PostgresBus::new(store.postgres().unwrap().clone())
+                    .await
+                    .expect("bus opens"),
+            );
+            Some(launch(store, bus, data, |router| router).await)
+        }
+    }
+}
+
+/// A fresh schema in the `HERALD_TEST_DATABASE_URL` database, as a store URL
+/// whose connections use it.
+async fn postgres_schema_url() -> Option<String> {
+    let Ok(base) = std::env::var("HERALD_TEST_DATABASE_URL") else {
+        assert!(
+            std::env::var("HERALD_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "HERALD_REQUIRE_POSTGRES=1 but HERALD_TEST_DATABASE_URL is not set"
+        );
+        eprintln!("skipped: HERALD_TEST_DATABASE_URL is not set");
+        return None;
+    };
+    let schema = format!("herald_api_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::PgPool::connect(&base)
+        .await
+        .expect("PostgreSQL reachable");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .expect("schema created");
+    pool.close().await;
+    let separator = if base.contains('?') { '&' } else { '?' };
+    Some(format!(
+        "{base}{separator}options=-c%20search_path%3D{schema}"
+    ))
+}
+
+/// Serves the real router over `store` and `bus` on 127.0.0.1:0.
+async fn launch(
+    store: Store,
+    bus: Arc<dyn Bus>,
+    data: tempfile::TempDir,
+    wrap: impl FnOnce(axum::Router) -> axum::Router,
+) -> TestApp {
     let settings = MailerSettings::default();
     let transports = Transports::build(
         &Default::default(),
@@ -106,6 +172,17 @@ pub async fn spawn_app_with(wrap: impl FnOnce(axum::Router) -> axum::Router) -> 
 }
 
 impl TestApp {
+    /// A new key with these scopes (`"queues:shard-1."`), as its token.
+    pub async fn key_with(&self, name: &str, scopes: &str) -> String {
+        let (_, token) = self
+            .store
+            .api_keys()
+            .create(&ApiKeyName::parse(name).unwrap(), &scopes.parse().unwrap())
+            .await
+            .expect("key created");
+        token.expose().to_owned()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

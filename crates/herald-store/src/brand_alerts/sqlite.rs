@@ -2,6 +2,7 @@ use async_trait::async_trait;
 use herald_core::alert::AlertState;
 use herald_core::catalog::BRAND_ALERTS;
 use herald_core::Timestamp;
+use sqlx::types::Json;
 use sqlx::SqliteConnection;
 
 use super::{
@@ -58,6 +59,37 @@ fn audience_sql() -> String {
          LIMIT ?7",
         exclusion_columns("a.member_id", "m.email_normalized")
     )
+}
+
+/// The audience page as one value: a JSON array with one
+/// `[member_id, brand_ids, unsubscribed, suppressed, recent_sends]` entry
+/// per member. One value crosses from SQLite instead of a row per member,
+/// whose decoding cost more than the query itself.
+fn audience_page_sql() -> String {
+    format!(
+        "SELECT json_group_array(json_array(member_id, json(brand_ids), unsubscribed, \
+             suppressed, recent_sends)) \
+         FROM ({})",
+        audience_sql()
+    )
+}
+
+/// One entry of [`audience_page_sql`]'s array.
+#[derive(serde::Deserialize)]
+struct PageEntry(String, Vec<String>, i64, i64, i64);
+
+impl From<PageEntry> for CandidateRow {
+    fn from(
+        PageEntry(member_id, brand_ids, unsubscribed, suppressed, recent_sends): PageEntry,
+    ) -> Self {
+        CandidateRow {
+            member_id,
+            brand_ids: Json(brand_ids),
+            unsubscribed: unsubscribed != 0,
+            suppressed: suppressed != 0,
+            recent_sends,
+        }
+    }
 }
 
 fn json_array(ids: &[String]) -> String {
@@ -353,7 +385,8 @@ impl BrandAlertSql for SqliteBrandAlertSql {
     }
 
     async fn audience(&self, query: &AudienceQuery<'_>) -> Result<Vec<CandidateRow>, StoreError> {
-        sqlx::query_as(&audience_sql())
+        const CONTEXT: &str = "read brand alert audience";
+        let page: String = sqlx::query_scalar(&audience_page_sql())
             .bind(BRAND_ALERTS)
             .bind(query.window_start.millis())
             .bind(query.alert_id)
@@ -361,9 +394,22 @@ impl BrandAlertSql for SqliteBrandAlertSql {
             .bind(json_array(query.brand_ids))
             .bind(query.threshold)
             .bind(i64::from(query.limit))
-            .fetch_all(&self.0.reader)
+            .fetch_one(&self.0.reader)
             .await
-            .map_err(err("read brand alert audience"))
+            .map_err(err(CONTEXT))?;
+        let entries: Vec<PageEntry> =
+            serde_json::from_str(&page).map_err(|e| StoreError::Corrupt {
+                backend: Self::BACKEND,
+                what: CONTEXT,
+                message: e.to_string(),
+            })?;
+        let mut rows: Vec<CandidateRow> = entries.into_iter().map(CandidateRow::from).collect();
+        // SQL leaves the order an aggregate sees its rows in unspecified;
+        // the page must be in member order for the cursor.
+        if !rows.is_sorted_by(|a, b| a.member_id < b.member_id) {
+            rows.sort_unstable_by(|a, b| a.member_id.cmp(&b.member_id));
+        }
+        Ok(rows)
     }
 
     async fn classify(
@@ -573,7 +619,7 @@ mod tests {
         let db = SqliteDb::open(dir.path().join("plan.db")).await.unwrap();
         db.migrate().await.unwrap();
         let rows: Vec<(i64, i64, i64, String)> =
-            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", audience_sql()))
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", audience_page_sql()))
                 .bind(BRAND_ALERTS)
                 .bind(0_i64)
                 .bind("alert")

@@ -8,12 +8,13 @@
 //! N messages wait on the queue; the sink started on a free port. Herald's
 //! figure: from the mailer's start until the send log holds N rows marked
 //! sent — receiving, claiming, rendering the demo template with its CSS
-//! inlined, sending through lettre's pool of `sessions` connections,
-//! confirming and acking. The reference: `smtp-source -d -s <sessions> -m N
-//! -l <bytes>`, where `-d` keeps each session's connection for its next
-//! message as Herald's pool does and `<bytes>` is the mean size of Herald's
-//! rendered messages (smtp-source adds its own few headers on top). The sink
-//! counts the messages it receives (`-c`); each phase must deliver exactly N.
+//! inlined, sending through the SMTP transport's pool of `sessions`
+//! connections, confirming and acking. The reference: `smtp-source -d -s
+//! <sessions> -m N -l <bytes>`, where `-d` keeps each session's connection
+//! for its next message as Herald's pool does and `<bytes>` is the mean
+//! size of Herald's rendered messages (smtp-source adds its own few headers
+//! on top). The sink counts the messages it receives (`-c`); each phase must
+//! deliver exactly N.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -71,7 +72,7 @@ pub struct DeliveryBenchOptions {
     pub messages: u64,
     /// SMTP sessions: Herald's connection pool size and smtp-source's `-s`.
     pub sessions: u32,
-    /// The mailer's `concurrency`; `None` uses `sessions`. lettre's pool
+    /// The mailer's `concurrency`; `None` uses `sessions`. The SMTP pool
     /// size caps idle connections, not busy ones, so a concurrency above
     /// the pool size opens extra connections and closes them after use.
     pub concurrency: Option<usize>,

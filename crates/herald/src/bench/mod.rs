@@ -14,6 +14,8 @@
 pub mod audience;
 mod dataset;
 pub mod delivery;
+pub mod ingest;
+pub mod routing;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,6 +27,8 @@ pub use audience::{
     BuildMeasurement, BuildPhaseOptions, BuildProcess,
 };
 pub use delivery::{run_delivery_bench, DeliveryBenchOptions, DeliveryBenchReport};
+pub use ingest::{run_ingest_bench, IngestBenchOptions, IngestBenchReport};
+pub use routing::{run_routing_bench, RoutingBenchOptions, RoutingBenchReport};
 
 /// A folder of one benchmark run, removed with everything in it on drop.
 struct RunDir {

@@ -41,7 +41,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
                 .expect("app runs");
         }
     });
-    TestApp {
+    let app = TestApp {
         address,
         data_dir: data.path().to_path_buf(),
         client: reqwest::Client::new(),
@@ -49,10 +49,34 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         shutdown,
         server,
         _data: data,
-    }
+    };
+    app.wait_until_serving().await;
+    app
 }
 
 impl TestApp {
+    /// Start-up work (topology, process files) runs before the listener
+    /// answers; a test that breaks a backend must not race it.
+    async fn wait_until_serving(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let answered = self
+                .client
+                .get(format!("{}/healthz", self.address))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if answered {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline && !self.server.is_finished(),
+                "the app did not start serving"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(format!("{}{path}", self.address))

@@ -6,3 +6,5 @@ mod cli;
 mod delivery;
 mod helpers;
 mod http;
+mod ingest_kill;
+mod jobs;

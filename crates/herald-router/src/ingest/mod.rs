@@ -1,0 +1,162 @@
+//! Storing a verified, parsed webhook batch and publishing its new events to
+//! the `email-events` topic, atomically, before the sender gets its 2xx.
+//!
+//! "Stored" and "published" must never disagree: an event stored but not
+//! published would never reach a shard, one published but not stored would
+//! be published again on the provider's retry. So each store+bus pairing
+//! that can do both in one transaction gets an [`EventSink`]:
+//!
+//! - SQLite store + embedded bus ([`EmbeddedSink`]): one SQLite transaction
+//!   on the store's writer connection.
+//! - PostgreSQL store + PostgreSQL bus ([`PostgresSink`]): one PostgreSQL
+//!   transaction; a concurrent duplicate batch waits on the unique key and
+//!   then finds its events stored.
+//!
+//! A pairing without such a path (a store and a bus in different systems)
+//! needs an outbox and is refused at start-up by the binary. Only events the
+//! store had not seen are published, so a retried batch publishes nothing.
+
+mod sinks;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use herald_bus::{
+    Bus, BusError, Condition, FilterPolicy, OutgoingMessage, QueueConfig, Subscription,
+};
+use herald_core::email_event::{EmailEvent, EventType};
+use herald_core::{QueueName, TopicName};
+use herald_store::email_events::{alert_id, ALERT_ID_ARG};
+use herald_store::StoreError;
+
+pub use sinks::{EmbeddedSink, PostgresSink};
+
+/// The topic every stored email event is published to.
+pub const EMAIL_EVENTS_TOPIC: &str = "email-events";
+/// Herald's own subscription that feeds the suppression list.
+pub const SUPPRESSIONS_QUEUE: &str = "herald.suppressions";
+/// Herald's own subscription that feeds per-alert statistics.
+pub const STATS_QUEUE: &str = "herald.stats";
+
+/// Event types the suppression subscriber acts on (whether a bounce is hard
+/// and a drop is for a bounced address is decided on the event itself).
+pub const SUPPRESSION_TYPES: [EventType; 4] = [
+    EventType::Bounce,
+    EventType::Dropped,
+    EventType::SpamReport,
+    EventType::Unsubscribe,
+];
+
+/// Event types counted per brand alert.
+pub const STATS_TYPES: [EventType; 4] = [
+    EventType::Delivered,
+    EventType::Open,
+    EventType::Click,
+    EventType::Bounce,
+];
+
+pub fn email_events_topic() -> TopicName {
+    TopicName::parse(EMAIL_EVENTS_TOPIC).expect("a valid topic name")
+}
+
+pub fn suppressions_queue() -> QueueName {
+    QueueName::parse(SUPPRESSIONS_QUEUE).expect("a valid queue name")
+}
+
+pub fn stats_queue() -> QueueName {
+    QueueName::parse(STATS_QUEUE).expect("a valid queue name")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("the event writer has stopped")]
+    Stopped,
+}
+
+/// What storing one batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// Events stored (and published) now, per type.
+    pub stored: BTreeMap<String, u64>,
+    /// Events of the batch that were stored before (or repeated inside it).
+    pub duplicates: u64,
+}
+
+impl IngestOutcome {
+    pub fn stored_total(&self) -> u64 {
+        self.stored.values().sum()
+    }
+
+    fn of(events: &[EmailEvent], new: &[usize]) -> Self {
+        let mut stored = BTreeMap::new();
+        for &i in new {
+            *stored
+                .entry(events[i].event_type.as_str().to_owned())
+                .or_insert(0) += 1;
+        }
+        Self {
+            stored,
+            duplicates: (events.len() - new.len()) as u64,
+        }
+    }
+}
+
+/// Stores a batch of events and publishes the new ones, all or nothing.
+#[async_trait]
+pub trait EventSink: Send + Sync + 'static {
+    /// Returns only once the batch is durable and published; on an error
+    /// nothing of it is stored or published.
+    async fn ingest(&self, events: Vec<EmailEvent>) -> Result<IngestOutcome, IngestError>;
+}
+
+/// The bus message for one event: the event's JSON, the attributes
+/// subscriptions filter on, and a dedup key per provider event.
+pub fn event_message(event: &EmailEvent) -> Result<OutgoingMessage, IngestError> {
+    let body = serde_json::to_vec(event).map_err(|e| BusError::InvalidArgument {
+        field: "body",
+        message: e.to_string(),
+    })?;
+    let mut message = OutgoingMessage::new(body)
+        .attribute("provider", event.provider.to_string())
+        .attribute("type", event.event_type.as_str())
+        .dedup_key(format!("{}:{}", event.provider, event.provider_event_id));
+    if let Some(alert) = alert_id(event) {
+        message = message.attribute(ALERT_ID_ARG, alert);
+    }
+    Ok(message)
+}
+
+/// Creates the `email-events` topic and Herald's own subscriber queues,
+/// unless they exist. Every process calls it at start, whatever its roles,
+/// so that no batch is published before its subscribers exist.
+pub async fn ensure_topology(bus: &dyn Bus, queue_config: QueueConfig) -> Result<(), BusError> {
+    let topic = email_events_topic();
+    bus.ensure_topic(&topic).await?;
+    let names = |types: &[EventType]| types.iter().map(|t| t.as_str().to_owned()).collect();
+    let subscriptions = [
+        (
+            suppressions_queue(),
+            FilterPolicy::any().with("type", Condition::Equals(names(&SUPPRESSION_TYPES))),
+        ),
+        (
+            stats_queue(),
+            FilterPolicy::any()
+                .with("type", Condition::Equals(names(&STATS_TYPES)))
+                .with(ALERT_ID_ARG, Condition::Exists(true)),
+        ),
+    ];
+    for (queue, filter) in subscriptions {
+        bus.ensure_queue(&queue, queue_config.clone()).await?;
+        bus.subscribe(Subscription {
+            topic: topic.clone(),
+            queue,
+            filter,
+        })
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+-- The scheduler: process definitions, their runs, each task's state in a
+-- run and every attempt. Times are milliseconds since the Unix epoch.
+
+-- `definition` is the process spec as JSON; `source` says whether the API
+-- or a process file wrote it last. `next_fire_at` is the next scheduled
+-- time (NULL: manual only, or a continuous process whose run is going).
+CREATE TABLE processes (
+    name                 TEXT PRIMARY KEY,
+    definition           TEXT NOT NULL,
+    source               TEXT NOT NULL,
+    paused               INTEGER NOT NULL,
+    next_fire_at         INTEGER,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    last_run_state       TEXT,
+    created_at           INTEGER NOT NULL,
+    updated_at           INTEGER NOT NULL
+) STRICT;
+
+-- A run keeps the definition it started with, so editing a process never
+-- changes a run in flight. One run per process and scheduled time.
+-- `token` is the secret a task shows to report its own success.
+CREATE TABLE process_runs (
+    id               TEXT PRIMARY KEY,
+    process          TEXT NOT NULL REFERENCES processes (name) ON DELETE CASCADE,
+    definition       TEXT NOT NULL,
+    trigger          TEXT NOT NULL,
+    scheduled_for    INTEGER,
+    state            TEXT NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    token            TEXT NOT NULL,
+    error            TEXT,
+    created_at       INTEGER NOT NULL,
+    started_at       INTEGER,
+    ended_at         INTEGER
+) STRICT;
+
+CREATE UNIQUE INDEX process_runs_scheduled ON process_runs (process, scheduled_for)
+    WHERE scheduled_for IS NOT NULL;
+CREATE INDEX process_runs_by_process ON process_runs (process, id);
+CREATE INDEX process_runs_active ON process_runs (state)
+    WHERE state IN ('queued', 'running');
+
+-- A task's current state in a run. `leader_token` is the fencing token of
+-- the scheduler that started the current attempt.
+CREATE TABLE process_run_tasks (
+    run_id          TEXT NOT NULL REFERENCES process_runs (id) ON DELETE CASCADE,
+    task            TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    deadline_at     INTEGER,
+    leader_token    INTEGER,
+    started_at      INTEGER,
+    ended_at        INTEGER,
+    PRIMARY KEY (run_id, task)
+) STRICT;
+
+-- Every attempt of every task, with its outcome and the tail of its log.
+CREATE TABLE process_task_attempts (
+    run_id       TEXT NOT NULL REFERENCES process_runs (id) ON DELETE CASCADE,
+    task         TEXT NOT NULL,
+    attempt      INTEGER NOT NULL,
+    state        TEXT NOT NULL,
+    leader_token INTEGER NOT NULL,
+    started_at   INTEGER NOT NULL,
+    ended_at     INTEGER,
+    exit_status  INTEGER,
+    error        TEXT,
+    log_tail     TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, task, attempt)
+) STRICT;

@@ -1,0 +1,383 @@
+//! Email events: the provider delivery events the webhook ingest received,
+//! one row per (provider, provider event id). Storing a batch keeps only the
+//! events not stored before and says which those were, so a provider's
+//! retried batch stores (and publishes) nothing twice.
+//!
+//! The ingest stores a batch in the same transaction as it publishes the new
+//! events to the bus; for that the dialect modules expose
+//! [`sqlite::insert_new`] and [`postgres::insert_new`], which run on a
+//! connection the caller holds. [`EmailEventStore`] is everything else:
+//! storing outside a publishing transaction, reading, counting, and the
+//! statistics subscriber's once-only mark.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use herald_core::email_event::{BounceClass, EmailEvent, EventType, Provider};
+use herald_core::{Clock, Timestamp};
+use serde_json::{Map, Value};
+
+use crate::StoreError;
+
+pub mod postgres;
+pub mod sqlite;
+
+/// The custom arg that names the brand alert a message belongs to.
+pub const ALERT_ID_ARG: &str = "alert_id";
+
+/// Most events one query returns.
+pub const MAX_LIST: u32 = 1000;
+
+/// The brand alert an event belongs to: its `alert_id` custom arg, when that
+/// is a non-empty string or a number.
+pub fn alert_id(event: &EmailEvent) -> Option<String> {
+    match event.custom_args.get(ALERT_ID_ARG)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// An address as the events table keys it: trimmed and lower-cased, as the
+/// suppression list compares addresses.
+pub fn normalize_address(address: &str) -> String {
+    address.trim().to_lowercase()
+}
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEmailEvent {
+    /// Store order: later-received events have larger numbers.
+    pub seq: i64,
+    /// As received, but with the address normalized.
+    pub event: EmailEvent,
+    pub alert_id: Option<String>,
+    pub received_at: Timestamp,
+}
+
+/// Identifies one provider event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventKey {
+    pub provider: Provider,
+    pub provider_event_id: String,
+}
+
+impl EventKey {
+    pub fn of(event: &EmailEvent) -> Self {
+        Self {
+            provider: event.provider.clone(),
+            provider_event_id: event.provider_event_id.clone(),
+        }
+    }
+}
+
+#[async_trait]
+pub trait EmailEventStore: Send + Sync {
+    /// Stores the events not stored before, in one transaction; returns the
+    /// indexes (into `events`) of those it stored. An event repeated inside
+    /// the batch counts once, at its first index.
+    async fn insert(&self, events: &[EmailEvent]) -> Result<Vec<usize>, StoreError>;
+
+    async fn get(&self, key: &EventKey) -> Result<Option<StoredEmailEvent>, StoreError>;
+
+    /// The latest events (by occurrence) for an address, compared
+    /// normalized; at most `limit` (clamped to [`MAX_LIST`]).
+    async fn recent_for_address(
+        &self,
+        address: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredEmailEvent>, StoreError>;
+
+    /// The latest events (by occurrence) of a brand alert.
+    async fn recent_for_alert(
+        &self,
+        alert_id: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredEmailEvent>, StoreError>;
+
+    /// How many events are stored.
+    async fn count(&self) -> Result<u64, StoreError>;
+
+    /// Stored events by type, for one brand alert or (with `None`) all.
+    async fn counts_by_type(
+        &self,
+        alert_id: Option<&str>,
+    ) -> Result<BTreeMap<String, u64>, StoreError>;
+
+    /// Marks the events as counted in their alert's statistics; returns the
+    /// indexes (into `keys`) of the stored events that were not marked
+    /// before, so a redelivered event is counted once. Keys of events that
+    /// are not stored are left out.
+    async fn mark_stats_counted(&self, keys: &[EventKey]) -> Result<Vec<usize>, StoreError>;
+}
+
+/// One event flattened into the columns both dialects insert.
+pub(crate) struct EventColumns {
+    pub provider: String,
+    pub provider_event_id: String,
+    pub event_type: String,
+    pub address: String,
+    pub occurred_at: i64,
+    pub message_id: Option<String>,
+    pub alert_id: Option<String>,
+    pub bounce: Option<&'static str>,
+    pub tags: String,
+    pub custom_args: String,
+    pub raw: String,
+}
+
+impl EventColumns {
+    pub(crate) fn of(event: &EmailEvent) -> Result<Self, StoreError> {
+        let json = |what: &'static str, value: Result<String, serde_json::Error>| {
+            value.map_err(|e| StoreError::InvalidInput {
+                field: what,
+                message: e.to_string(),
+            })
+        };
+        Ok(Self {
+            provider: event.provider.to_string(),
+            provider_event_id: event.provider_event_id.clone(),
+            event_type: event.event_type.as_str().to_owned(),
+            address: normalize_address(&event.address),
+            occurred_at: event.occurred_at.millis(),
+            message_id: event.message_id.clone(),
+            alert_id: alert_id(event),
+            bounce: event.bounce.map(bounce_name),
+            tags: json("tags", serde_json::to_string(&event.tags))?,
+            custom_args: json("custom_args", serde_json::to_string(&event.custom_args))?,
+            raw: json("raw", serde_json::to_string(&event.raw))?,
+        })
+    }
+}
+
+fn bounce_name(class: BounceClass) -> &'static str {
+    match class {
+        BounceClass::Hard => "hard",
+        BounceClass::Soft => "soft",
+    }
+}
+
+/// Checks a batch before it is written: ids must be non-empty.
+pub(crate) fn check_events(events: &[EmailEvent]) -> Result<(), StoreError> {
+    if let Some(i) = events.iter().position(|e| e.provider_event_id.is_empty()) {
+        return Err(StoreError::InvalidInput {
+            field: "provider_event_id",
+            message: format!("event {i} has an empty provider event id"),
+        });
+    }
+    Ok(())
+}
+
+/// The indexes of `events` that were stored, given the keys the insert
+/// returned: the first occurrence of each returned key.
+pub(crate) fn first_indexes(events: &[EmailEvent], inserted: Vec<(String, String)>) -> Vec<usize> {
+    let mut inserted: HashSet<(String, String)> = inserted.into_iter().collect();
+    if inserted.is_empty() {
+        return Vec::new();
+    }
+    let mut new = Vec::with_capacity(inserted.len());
+    let mut provider_names: HashMap<&Provider, String> = HashMap::new();
+    for (i, event) in events.iter().enumerate() {
+        let provider = provider_names
+            .entry(&event.provider)
+            .or_insert_with(|| event.provider.to_string())
+            .clone();
+        if inserted.remove(&(provider, event.provider_event_id.clone())) {
+            new.push(i);
+        }
+    }
+    new
+}
+
+/// The columns every read selects, in [`EventRow`]'s order; JSON as text.
+pub(crate) const COLUMNS: &str = "seq, provider, provider_event_id, event_type, address, \
+     occurred_at, message_id, alert_id, bounce, CAST(tags AS TEXT) AS tags, \
+     CAST(custom_args AS TEXT) AS custom_args, CAST(raw AS TEXT) AS raw, received_at";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventRow {
+    seq: i64,
+    provider: String,
+    provider_event_id: String,
+    event_type: String,
+    address: String,
+    occurred_at: i64,
+    message_id: Option<String>,
+    alert_id: Option<String>,
+    bounce: Option<String>,
+    tags: String,
+    custom_args: String,
+    raw: String,
+    received_at: i64,
+}
+
+impl EventRow {
+    pub(crate) fn into_stored(self, backend: &'static str) -> Result<StoredEmailEvent, StoreError> {
+        let corrupt = |what: &'static str, message: String| StoreError::Corrupt {
+            backend,
+            what,
+            message,
+        };
+        let provider: Provider =
+            self.provider
+                .parse()
+                .map_err(|e: herald_core::email_event::ProviderError| {
+                    corrupt("email event provider", e.to_string())
+                })?;
+        let bounce = self
+            .bounce
+            .map(|b| b.parse::<BounceClass>())
+            .transpose()
+            .map_err(|e| corrupt("email event bounce class", e))?;
+        let tags: Vec<String> = serde_json::from_str(&self.tags)
+            .map_err(|e| corrupt("email event tags", e.to_string()))?;
+        let custom_args: Map<String, Value> = serde_json::from_str(&self.custom_args)
+            .map_err(|e| corrupt("email event custom args", e.to_string()))?;
+        let raw: Value = serde_json::from_str(&self.raw)
+            .map_err(|e| corrupt("raw email event", e.to_string()))?;
+        Ok(StoredEmailEvent {
+            seq: self.seq,
+            event: EmailEvent {
+                provider,
+                provider_event_id: self.provider_event_id,
+                event_type: EventType::from_name(&self.event_type),
+                address: self.address,
+                occurred_at: Timestamp(self.occurred_at),
+                message_id: self.message_id,
+                bounce,
+                tags,
+                custom_args,
+                raw,
+            },
+            alert_id: self.alert_id,
+            received_at: Timestamp(self.received_at),
+        })
+    }
+}
+
+/// The statements one dialect runs; [`EmailEvents`] holds the rules, once.
+#[async_trait]
+pub(crate) trait EmailEventSql: Send + Sync + 'static {
+    const BACKEND: &'static str;
+
+    async fn insert(
+        &self,
+        events: &[EmailEvent],
+        received_at: Timestamp,
+    ) -> Result<Vec<usize>, StoreError>;
+    async fn by_key(&self, provider: &str, id: &str) -> Result<Option<EventRow>, StoreError>;
+    async fn by_address(&self, address: &str, limit: i64) -> Result<Vec<EventRow>, StoreError>;
+    async fn by_alert(&self, alert_id: &str, limit: i64) -> Result<Vec<EventRow>, StoreError>;
+    async fn count(&self) -> Result<i64, StoreError>;
+    async fn counts_by_type(
+        &self,
+        alert_id: Option<&str>,
+    ) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Sets `stats_counted_at` where unset; returns the keys it set.
+    async fn mark_counted(
+        &self,
+        keys: &[(String, String)],
+        now: Timestamp,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+}
+
+pub(crate) struct EmailEvents<S> {
+    sql: S,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S: EmailEventSql> EmailEvents<S> {
+    pub fn new(sql: S, clock: Arc<dyn Clock>) -> Self {
+        Self { sql, clock }
+    }
+
+    fn stored(&self, rows: Vec<EventRow>) -> Result<Vec<StoredEmailEvent>, StoreError> {
+        rows.into_iter()
+            .map(|row| row.into_stored(S::BACKEND))
+            .collect()
+    }
+}
+
+fn list_limit(limit: u32) -> i64 {
+    i64::from(limit.clamp(1, MAX_LIST))
+}
+
+#[async_trait]
+impl<S: EmailEventSql> EmailEventStore for EmailEvents<S> {
+    async fn insert(&self, events: &[EmailEvent]) -> Result<Vec<usize>, StoreError> {
+        check_events(events)?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.sql.insert(events, self.clock.now()).await
+    }
+
+    async fn get(&self, key: &EventKey) -> Result<Option<StoredEmailEvent>, StoreError> {
+        self.sql
+            .by_key(&key.provider.to_string(), &key.provider_event_id)
+            .await?
+            .map(|row| row.into_stored(S::BACKEND))
+            .transpose()
+    }
+
+    async fn recent_for_address(
+        &self,
+        address: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredEmailEvent>, StoreError> {
+        let rows = self
+            .sql
+            .by_address(&normalize_address(address), list_limit(limit))
+            .await?;
+        self.stored(rows)
+    }
+
+    async fn recent_for_alert(
+        &self,
+        alert_id: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredEmailEvent>, StoreError> {
+        let rows = self.sql.by_alert(alert_id, list_limit(limit)).await?;
+        self.stored(rows)
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        Ok(self.sql.count().await?.max(0) as u64)
+    }
+
+    async fn counts_by_type(
+        &self,
+        alert_id: Option<&str>,
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        Ok(self
+            .sql
+            .counts_by_type(alert_id)
+            .await?
+            .into_iter()
+            .map(|(t, n)| (t, n.max(0) as u64))
+            .collect())
+    }
+
+    async fn mark_stats_counted(&self, keys: &[EventKey]) -> Result<Vec<usize>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pairs: Vec<(String, String)> = keys
+            .iter()
+            .map(|k| (k.provider.to_string(), k.provider_event_id.clone()))
+            .collect();
+        let mut marked: HashSet<(String, String)> = self
+            .sql
+            .mark_counted(&pairs, self.clock.now())
+            .await?
+            .into_iter()
+            .collect();
+        Ok(pairs
+            .into_iter()
+            .enumerate()
+            .filter(|(_, pair)| marked.remove(pair))
+            .map(|(i, _)| i)
+            .collect())
+    }
+}
