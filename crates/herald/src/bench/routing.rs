@@ -387,25 +387,36 @@ async fn reference(
             break;
         }
         let mut last = 0i64;
+        let mut held = Vec::new();
+        let mut delivered = Vec::new();
         for row in &rows {
             let seq: i64 = row.try_get("seq")?;
             let body: Vec<u8> = row.try_get("body")?;
             let migrating: bool = row.try_get("migrating")?;
             if migrating {
-                sqlx::query("INSERT INTO held (customer, body) VALUES (?1, ?2)")
-                    .bind(row.try_get::<String, _>("customer")?)
-                    .bind(body)
-                    .execute(&mut *tx)
-                    .await?;
+                held.push((row.try_get::<String, _>("customer")?, body));
             } else {
                 let shard: String = row.try_get("shard")?;
-                sqlx::query("INSERT INTO shard_queue (queue, body) VALUES (?1, ?2)")
-                    .bind(format!("shard-{shard}.email-events"))
-                    .bind(body)
-                    .execute(&mut *tx)
-                    .await?;
+                delivered.push((format!("shard-{shard}.email-events"), body));
             }
             last = seq;
+        }
+        // Multi-row inserts, as the bus itself writes a batch: one
+        // statement per table and batch, not a round trip per row.
+        for (table, column, values) in [
+            ("held", "customer", held),
+            ("shard_queue", "queue", delivered),
+        ] {
+            if values.is_empty() {
+                continue;
+            }
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+                "INSERT INTO {table} ({column}, body) "
+            ));
+            insert.push_values(values, |mut row, (key, body)| {
+                row.push_bind(key).push_bind(body);
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         sqlx::query("DELETE FROM source WHERE seq <= ?1")
             .bind(last)
