@@ -221,7 +221,22 @@ test("a marketer signs in, creates an alert, previews it, schedules it and sees 
   assert.equal(await page.locator("#count-opened").textContent(), "2");
   assert.equal(await page.locator("#count-clicked").textContent(), "1");
   assert.equal(await page.locator("#count-bounced").textContent(), "1");
+  // The chart over time draws one line per followed type, with axes.
+  const overTime = page.locator("#timeline svg.chart-over-time");
+  await overTime.waitFor();
+  assert.equal(await overTime.locator("polyline").count(), 4);
+  assert.match(await overTime.getAttribute("aria-label"), /over time/);
+  assert.equal(await page.locator("#timeline table.timeline tbody tr").count(), 1);
   await shot(page, "alert-sent");
+
+  // The live tail lists the events and picks up a new one without a reload.
+  await page.goto(`${base}/ui/events?type=bounce`);
+  await page.locator("#event-tail").getByText("member7@example.com").waitFor();
+  assert.equal(await page.locator("#event-tail").getByText("member1@example.com").count(), 0);
+  const newer = await postEvents([{ ...event(8, "bounce"), id: `evt-${alertId}-tail` }]);
+  assert.ok(newer.ok, `the webhook was accepted (${newer.status})`);
+  await page.locator("#event-tail").getByText("member8@example.com").waitFor({ timeout: 30_000 });
+  await shot(page, "live-events");
   await page.context().close();
 });
 

@@ -1,5 +1,5 @@
 //! The jobs Herald runs in-process, by name: `brand-alerts.build-due`,
-//! `queues.redrive` and `store.prune`.
+//! `holds.expire`, `queues.redrive` and `store.prune`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_alerts::{AudienceWorker, BuildOutcome};
 use herald_bus::Bus;
-use herald_core::{Clock, QueueName};
+use herald_core::{Clock, QueueName, Timestamp};
+use herald_router::routing::HoldExpiry;
 use herald_store::Store;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -35,19 +36,6 @@ impl Builtins {
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn BuiltinJob>> {
         self.0.get(name)
-    }
-
-    /// Every built-in Herald ships, over these backends.
-    pub fn standard(
-        store: Store,
-        bus: Arc<dyn Bus>,
-        audience: Arc<AudienceWorker>,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        Builtins::default()
-            .with("brand-alerts.build-due", Arc::new(BuildDueAlerts(audience)))
-            .with("queues.redrive", Arc::new(Redrive(bus)))
-            .with("store.prune", Arc::new(Prune { store, clock }))
     }
 }
 
@@ -122,8 +110,42 @@ impl BuiltinJob for Redrive {
     }
 }
 
+/// Moves events held (for a migrating customer) longer than `args.max_age`
+/// to their route's dead-letter queue, as the router's releaser does;
+/// `max_age` defaults to `routing.hold_max_age`.
+pub struct ExpireHolds {
+    pub expiry: Arc<HoldExpiry>,
+    pub default_max_age: Duration,
+}
+
+#[async_trait]
+impl BuiltinJob for ExpireHolds {
+    async fn run(&self, args: &Args, _cancel: CancellationToken) -> Result<String, String> {
+        let max_age = duration_arg(args, "max_age")?.unwrap_or(self.default_max_age);
+        if max_age.is_zero() {
+            return Err("args.max_age: must be longer than 0s".into());
+        }
+        let expired = self
+            .expiry
+            .expire(max_age)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(format!(
+            "moved {expired} event(s) held longer than {} to their route's dead-letter queue",
+            describe(max_age)
+        ))
+    }
+}
+
+/// Rows deleted per statement, so a large prune never holds the (SQLite)
+/// writer for long and stops soon when cancelled.
+const PRUNE_CHUNK: u32 = 1000;
+
 /// Deletes scheduler runs that ended longer than `args.retention` ago
-/// (default 30 days).
+/// (default 30 days), and email events received and send-log rows of
+/// finished alerts claimed longer than `args.events_retention` ago (default
+/// 90 days). Send-log rows inside the members' cadence window always stay:
+/// the cadence counts them.
 pub struct Prune {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
@@ -131,26 +153,102 @@ pub struct Prune {
 
 #[async_trait]
 impl BuiltinJob for Prune {
-    async fn run(&self, args: &Args, _cancel: CancellationToken) -> Result<String, String> {
-        let retention = match text_arg(args, "retention")? {
-            Some(text) => humantime::parse_duration(&text)
-                .map_err(|e| format!("args.retention: {text:?}: {e}"))?,
-            None => Duration::from_secs(30 * 24 * 3600),
-        };
-        let before = herald_core::Timestamp(
-            self.clock.now().millis() - herald_core::time::duration_millis(retention),
-        );
+    async fn run(&self, args: &Args, cancel: CancellationToken) -> Result<String, String> {
+        const DAY: u64 = 24 * 3600;
+        let retention = duration_arg(args, "retention")?.unwrap_or(Duration::from_secs(30 * DAY));
+        let events_retention =
+            duration_arg(args, "events_retention")?.unwrap_or(Duration::from_secs(90 * DAY));
+        let now = self.clock.now();
+        let store_error = |e: herald_store::StoreError| e.to_string();
+
         let runs = self
             .store
             .processes()
-            .prune_runs(before)
+            .prune_runs(ago(now, retention))
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(format!(
-            "deleted {runs} scheduler run(s) older than {}",
-            humantime::format_duration(retention)
-        ))
+            .map_err(store_error)?;
+        let mut log = format!(
+            "deleted {runs} scheduler run(s) older than {}\n",
+            describe(retention)
+        );
+
+        let events_before = ago(now, events_retention);
+        let events = self.store.email_events();
+        let mut deleted = 0;
+        loop {
+            if cancel.is_cancelled() {
+                return Err(format!("stopped after {deleted} email event(s)\n{log}"));
+            }
+            let chunk = events
+                .prune_received_before(events_before, PRUNE_CHUNK)
+                .await
+                .map_err(store_error)?;
+            deleted += chunk;
+            if chunk < u64::from(PRUNE_CHUNK) {
+                break;
+            }
+        }
+        log.push_str(&format!(
+            "deleted {deleted} email event(s) received more than {} ago\n",
+            describe(events_retention)
+        ));
+
+        let window = self
+            .store
+            .members()
+            .cadence_policy()
+            .await
+            .map_err(store_error)?
+            .window();
+        let send_log_age = events_retention.max(window);
+        let alerts = self.store.brand_alerts();
+        let mut deleted = 0;
+        loop {
+            if cancel.is_cancelled() {
+                return Err(format!("stopped after {deleted} send-log row(s)\n{log}"));
+            }
+            let chunk = alerts
+                .prune_send_log(ago(now, send_log_age), PRUNE_CHUNK)
+                .await
+                .map_err(store_error)?;
+            deleted += chunk;
+            if chunk < u64::from(PRUNE_CHUNK) {
+                break;
+            }
+        }
+        log.push_str(&format!(
+            "deleted {deleted} send-log row(s) of finished alerts claimed more than {} ago",
+            describe(send_log_age)
+        ));
+        if send_log_age > events_retention {
+            log.push_str(" (the cadence window)");
+        }
+        log.push('\n');
+        Ok(log)
     }
+}
+
+/// A duration as an operator writes it: whole days as "90d" (humantime
+/// would say "2months 29days 2h 52m 48s"), anything else as humantime does.
+fn describe(d: Duration) -> String {
+    const DAY: u64 = 24 * 3600;
+    if d.subsec_nanos() == 0 && d.as_secs() > 0 && d.as_secs() % DAY == 0 {
+        format!("{}d", d.as_secs() / DAY)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
+fn ago(now: Timestamp, age: Duration) -> Timestamp {
+    Timestamp(now.millis() - herald_core::time::duration_millis(age))
+}
+
+fn duration_arg(args: &Args, name: &str) -> Result<Option<Duration>, String> {
+    text_arg(args, name)?
+        .map(|text| {
+            humantime::parse_duration(&text).map_err(|e| format!("args.{name}: {text:?}: {e}"))
+        })
+        .transpose()
 }
 
 fn text_arg(args: &Args, name: &str) -> Result<Option<String>, String> {

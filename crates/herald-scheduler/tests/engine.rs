@@ -1,7 +1,8 @@
 //! The engine on a real store (SQLite file; PostgreSQL when
 //! HERALD_TEST_DATABASE_URL is set): DAG, retries, runtime limit, log tail,
 //! explicit success, overlap modes, missed schedules, lease takeover and
-//! notifications. Time moves through a manual clock; only shell commands
+//! notifications, and the built-in maintenance jobs `holds.expire` and
+//! `store.prune`. Time moves through a manual clock; only shell commands
 //! and HTTP calls take real time, and tests wait for them with a deadline.
 
 use std::collections::BTreeMap;
@@ -9,9 +10,16 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use herald_bus::{Bus, EmbeddedBus, PostgresBus};
+use herald_core::cadence::CadencePolicy;
+use herald_core::email_event::{EmailEvent, EventType, Provider};
 use herald_core::schedule::{ProcessDefinition, ProcessSpec, RunState, TaskState};
+use herald_core::sharding::CustomerId;
 use herald_core::{ManualClock, Timestamp};
+use herald_router::routing::{default_route, route_dead_letter, HoldExpiry};
+use herald_scheduler::builtin::{ExpireHolds, Prune};
 use herald_scheduler::{Builtins, Notifier, Scheduler, SchedulerSettings};
+use herald_store::holds::NewHeldEvent;
 use herald_store::processes::{DefinitionSource, RunDetail};
 use herald_store::{PgDb, SqliteDb, Store};
 use serde_json::{json, Value};
@@ -93,6 +101,16 @@ impl Env {
         holder: &str,
         notifier: Option<Arc<Notifier>>,
     ) -> Scheduler {
+        self.scheduler_with(store, holder, notifier, Builtins::default())
+    }
+
+    fn scheduler_with(
+        &self,
+        store: Store,
+        holder: &str,
+        notifier: Option<Arc<Notifier>>,
+        builtins: Builtins,
+    ) -> Scheduler {
         Scheduler::new(
             store,
             self.clock.clone(),
@@ -103,7 +121,7 @@ impl Env {
                 holder: holder.into(),
                 ..SchedulerSettings::default()
             },
-            Builtins::default(),
+            builtins,
             notifier.unwrap_or_else(|| Arc::new(Notifier::new(None, self.clock.clone()))),
         )
     }
@@ -134,6 +152,51 @@ impl Env {
             out.push(self.store.processes().run(&run.id).await.unwrap().unwrap());
         }
         out
+    }
+
+    /// The bus over the same database, as the app builds it.
+    async fn bus(&self) -> Arc<dyn Bus> {
+        match (self.store.sqlite(), self.store.postgres()) {
+            (Some(db), _) => Arc::new(EmbeddedBus::new(db.clone())),
+            (_, Some(db)) => Arc::new(PostgresBus::new(db.clone()).await.unwrap()),
+            (None, None) => unreachable!("a store has one backend"),
+        }
+    }
+
+    /// Runs one built-in job as a one-task process, to its end; returns the
+    /// run's state and the attempt's log.
+    async fn run_builtin(
+        &self,
+        scheduler: &Scheduler,
+        job: &str,
+        args: Value,
+    ) -> (RunState, String) {
+        let name = format!(
+            "{}-{}",
+            job.replace('.', "-"),
+            uuid::Uuid::new_v4().simple()
+        );
+        self.put(
+            &name,
+            json!({"tasks": [{"name": "job", "run": {"kind": "builtin", "job": job, "args": args}}]}),
+        )
+        .await;
+        let run = self.store.processes().trigger(&name).await.unwrap();
+        tick_until(scheduler, "the run ends", || async {
+            self.store
+                .processes()
+                .run(&run.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .run
+                .state
+                .is_terminal()
+        })
+        .await;
+        let detail = self.store.processes().run(&run.id).await.unwrap().unwrap();
+        let log = detail.attempts.last().unwrap().log_tail.clone();
+        (detail.run.state, log)
     }
 
     async fn task_state(&self, run_id: &str, task: &str) -> TaskState {
@@ -212,7 +275,159 @@ both_backends!(
     a_new_leader_takes_over_and_retries_the_interrupted_task,
     notifications_reach_webhook_and_pagerduty,
     a_failed_run_is_mailed_through_the_transport,
+    holds_expire_moves_old_held_events_to_the_route_dead_letter_queue,
+    store_prune_deletes_old_events_in_chunks_and_keeps_the_cadence_window,
 );
+
+fn held(id: &str) -> NewHeldEvent {
+    NewHeldEvent {
+        customer: CustomerId::parse("c1").unwrap(),
+        message_id: id.into(),
+        body: id.as_bytes().to_vec(),
+        attributes: BTreeMap::new(),
+    }
+}
+
+async fn holds_expire_moves_old_held_events_to_the_route_dead_letter_queue(env: Env) {
+    let route = default_route();
+    let bus = env.bus().await;
+    env.store
+        .holds()
+        .park(&route.name, &[held("old")])
+        .await
+        .unwrap();
+    env.clock.advance(Duration::from_secs(2 * 3600));
+    env.store
+        .holds()
+        .park(&route.name, &[held("new")])
+        .await
+        .unwrap();
+    let builtins = Builtins::default().with(
+        "holds.expire",
+        Arc::new(ExpireHolds {
+            expiry: Arc::new(HoldExpiry::new(
+                vec![route.clone()],
+                env.store.clone(),
+                bus.clone(),
+            )),
+            default_max_age: Duration::from_secs(24 * 3600),
+        }),
+    );
+    let scheduler = env.scheduler_with(env.store.clone(), "a", None, builtins);
+
+    let (state, log) = env.run_builtin(&scheduler, "holds.expire", json!({})).await;
+    assert_eq!(state, RunState::Succeeded, "{log}");
+    assert!(
+        log.contains("moved 0 event(s) held longer than 1d"),
+        "{log}"
+    );
+
+    let (state, log) = env
+        .run_builtin(&scheduler, "holds.expire", json!({"max_age": "1h"}))
+        .await;
+    assert_eq!(state, RunState::Succeeded, "{log}");
+    assert!(
+        log.contains("moved 1 event(s) held longer than 1h"),
+        "{log}"
+    );
+    let letters = bus
+        .peek(&route_dead_letter(&route).unwrap(), 10)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(&letters[0].body[..], b"old");
+    assert!(
+        letters[0].attributes["reason"].contains("hold_max_age"),
+        "{:?}",
+        letters[0].attributes
+    );
+    let summary = env.store.holds().summary().await.unwrap();
+    assert_eq!(summary[0].events, 1, "the newer event stays held");
+}
+
+fn email_event(id: &str) -> EmailEvent {
+    EmailEvent {
+        provider: Provider::SendGrid,
+        provider_event_id: id.into(),
+        event_type: EventType::Delivered,
+        address: "a@x.com".into(),
+        occurred_at: START,
+        message_id: None,
+        bounce: None,
+        tags: Vec::new(),
+        custom_args: Default::default(),
+        raw: json!({"sg_event_id": id}),
+    }
+}
+
+async fn store_prune_deletes_old_events_in_chunks_and_keeps_the_cadence_window(env: Env) {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let events = env.store.email_events();
+    let old: Vec<_> = (0..1500)
+        .map(|i| email_event(&format!("old-{i}")))
+        .collect();
+    events.insert(&old).await.unwrap();
+    env.clock.advance(100 * DAY);
+    events.insert(&[email_event("new")]).await.unwrap();
+    env.store
+        .members()
+        .set_cadence_policy(&CadencePolicy::new(3, 7 * DAY).unwrap())
+        .await
+        .unwrap();
+    let builtins = Builtins::default().with(
+        "store.prune",
+        Arc::new(Prune {
+            store: env.store.clone(),
+            clock: env.clock.clone(),
+        }),
+    );
+    let scheduler = env.scheduler_with(env.store.clone(), "a", None, builtins);
+
+    let (state, log) = env.run_builtin(&scheduler, "store.prune", json!({})).await;
+    assert_eq!(state, RunState::Succeeded, "{log}");
+    assert!(
+        log.contains("deleted 0 scheduler run(s) older than 30d"),
+        "{log}"
+    );
+    assert!(
+        log.contains("deleted 1500 email event(s) received more than 90d ago"),
+        "more than one chunk: {log}"
+    );
+    assert!(
+        log.contains("deleted 0 send-log row(s) of finished alerts claimed more than 90d ago"),
+        "{log}"
+    );
+    assert_eq!(events.count().await.unwrap(), 1);
+
+    let (state, log) = env
+        .run_builtin(&scheduler, "store.prune", json!({"events_retention": "1d"}))
+        .await;
+    assert_eq!(state, RunState::Succeeded, "{log}");
+    assert!(
+        log.contains("deleted 0 email event(s) received more than 1d ago"),
+        "{log}"
+    );
+    assert!(
+        log.contains("claimed more than 7d ago (the cadence window)"),
+        "{log}"
+    );
+    assert_eq!(events.count().await.unwrap(), 1, "the event of today stays");
+
+    env.clock.advance(40 * DAY);
+    let (state, log) = env
+        .run_builtin(
+            &scheduler,
+            "store.prune",
+            json!({"retention": "1d", "events_retention": "1d"}),
+        )
+        .await;
+    assert_eq!(state, RunState::Succeeded, "{log}");
+    assert!(
+        log.contains("deleted 2 scheduler run(s) older than 1d"),
+        "{log}"
+    );
+    assert_eq!(events.count().await.unwrap(), 0);
+}
 
 async fn dag_runs_in_order_retries_and_skips(env: Env) {
     let dir = tempfile::tempdir().unwrap();

@@ -16,3 +16,25 @@ document.addEventListener("DOMContentLoaded", () => {
     sync();
   }
 });
+
+// A live tail (`data-poll`) refetches its table every few seconds while the
+// tab is visible, and stops once the session has ended (the fetch is
+// redirected to sign-in) or the server refuses.
+document.addEventListener("DOMContentLoaded", () => {
+  for (const tail of document.querySelectorAll("[data-poll]")) {
+    const seconds = Number(tail.dataset.pollSeconds) || 5;
+    const timer = setInterval(async () => {
+      if (document.hidden) return;
+      try {
+        const response = await fetch(tail.dataset.poll, { credentials: "same-origin" });
+        if (!response.ok || response.redirected) {
+          clearInterval(timer);
+          return;
+        }
+        tail.innerHTML = await response.text();
+      } catch {
+        // A dropped connection: try again at the next tick.
+      }
+    }, seconds * 1000);
+  }
+});

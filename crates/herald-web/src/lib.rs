@@ -132,6 +132,11 @@ pub const NAV: &[NavItem] = &[
         href: "/ui/shards",
         section: "shards",
     },
+    NavItem {
+        label: "Live events",
+        href: "/ui/events",
+        section: "events",
+    },
 ];
 
 /// The whole UI, ready to merge beside the API router.
@@ -144,6 +149,7 @@ pub fn router(state: WebState) -> Router {
         .merge(pages::queues::routes())
         .merge(pages::jobs::routes())
         .merge(pages::shards::routes())
+        .merge(pages::events::routes())
         .merge(auth::signed_in_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard));
     Router::new()

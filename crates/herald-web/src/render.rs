@@ -24,6 +24,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("confirm.html", include_str!("../templates/confirm.html")),
     ("events.html", include_str!("../templates/events.html")),
     (
+        "events_tail.html",
+        include_str!("../templates/events_tail.html"),
+    ),
+    (
         "alerts/list.html",
         include_str!("../templates/alerts/list.html"),
     ),
@@ -72,6 +76,7 @@ const TEMPLATES: &[(&str, &str)] = &[
         "jobs/show.html",
         include_str!("../templates/jobs/show.html"),
     ),
+    ("jobs/run.html", include_str!("../templates/jobs/run.html")),
     ("shards.html", include_str!("../templates/shards.html")),
 ];
 

@@ -495,6 +495,8 @@ async fn every_page_renders_for_a_signed_in_admin() {
         "/ui/jobs".to_owned(),
         "/ui/shards".to_owned(),
         "/ui/shards?customer=c-42".to_owned(),
+        "/ui/events".to_owned(),
+        "/ui/events?type=bounce".to_owned(),
     ] {
         let response = ui.get(&path, Some(&session)).await;
         let status = response.status();
@@ -530,4 +532,198 @@ async fn every_page_renders_for_a_signed_in_admin() {
             "{path}"
         );
     }
+}
+
+fn email_event(
+    id: &str,
+    event_type: herald_core::email_event::EventType,
+    alert: &str,
+    at: i64,
+) -> herald_core::email_event::EmailEvent {
+    herald_core::email_event::EmailEvent {
+        provider: herald_core::email_event::Provider::SendGrid,
+        provider_event_id: id.into(),
+        event_type,
+        address: format!("{id}@example.com"),
+        occurred_at: herald_core::Timestamp(at),
+        message_id: None,
+        bounce: None,
+        tags: Vec::new(),
+        custom_args: serde_json::json!({ "alert_id": alert })
+            .as_object()
+            .unwrap()
+            .clone(),
+        raw: serde_json::Value::Null,
+    }
+}
+
+#[tokio::test]
+async fn the_alert_page_charts_its_events_over_time_and_the_tail_follows_all_alerts() {
+    use herald_core::email_event::EventType;
+    let ui = ui().await;
+    let (sale, template) = ui.seed_catalog().await;
+    let alert = ui
+        .store
+        .brand_alerts()
+        .create(&herald_store::brand_alerts::NewBrandAlert {
+            name: "Boots".into(),
+            subject: "Boots on sale".into(),
+            template_id: template,
+            send_at: SystemClock.now(),
+            affinity_threshold: 0.5,
+            transport: None,
+            sale_ids: vec![sale],
+        })
+        .await
+        .unwrap();
+    let (session, _) = ui.sign_in("viewer@example.com").await;
+    let page = body(
+        ui.get(&format!("/ui/alerts/{}", alert.id), Some(&session))
+            .await,
+    )
+    .await;
+    assert!(!page.contains("chart-over-time"), "no events, no chart");
+    assert!(page.contains("No deliveries, opens, clicks or bounces received yet."));
+
+    let hour = 3_600_000;
+    let at = 1_714_557_600_000;
+    ui.store
+        .email_events()
+        .insert(&[
+            email_event("d1", EventType::Delivered, &alert.id, at),
+            email_event("o1", EventType::Open, &alert.id, at + 3 * hour),
+            email_event("x1", EventType::Delivered, "another-alert", at),
+        ])
+        .await
+        .unwrap();
+    let page = body(
+        ui.get(&format!("/ui/alerts/{}", alert.id), Some(&session))
+            .await,
+    )
+    .await;
+    assert!(page.contains("class=\"chart chart-over-time\""), "{page}");
+    assert_eq!(page.matches("<polyline").count(), 4);
+    assert!(page.contains("Counts per hour as a table"));
+    assert_eq!(
+        page.matches("<th scope=\"row\">").count(),
+        2,
+        "two hours with events"
+    );
+
+    let tail = ui.get("/ui/events", Some(&session)).await;
+    assert_eq!(tail.status(), StatusCode::OK);
+    let tail = body(tail).await;
+    assert!(
+        tail.contains("data-poll=\"&#x2f;ui&#x2f;events&#x2f;tail\""),
+        "the page polls its fragment (HTML-escaped): {tail}"
+    );
+    for id in ["d1", "o1", "x1"] {
+        assert!(tail.contains(&format!("{id}@example.com")), "{id}: {tail}");
+    }
+
+    let fragment = ui.get("/ui/events/tail?type=open", Some(&session)).await;
+    assert_eq!(fragment.status(), StatusCode::OK);
+    let fragment = body(fragment).await;
+    assert!(!fragment.contains("<html"), "just the table");
+    assert!(fragment.contains("o1@example.com"));
+    assert!(!fragment.contains("d1@example.com") && !fragment.contains("x1@example.com"));
+
+    for forged in [
+        "/ui/events/tail?type=nope",
+        "/ui/events?type=%27%20OR%201%3D1",
+    ] {
+        let response = ui.get(forged, Some(&session)).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{forged}");
+    }
+    let signed_out = ui.get("/ui/events/tail", None).await;
+    assert!(
+        signed_out.status().is_redirection() || signed_out.status() == StatusCode::UNAUTHORIZED,
+        "{}",
+        signed_out.status()
+    );
+}
+
+#[tokio::test]
+async fn the_sale_form_shows_errors_beside_fields_and_stores_only_valid_sales() {
+    let ui = ui().await;
+    ui.seed_catalog().await;
+    let (session, csrf) = ui.sign_in("marketer@example.com").await;
+    let sales = |ui: &Ui| {
+        let store = ui.store.clone();
+        async move {
+            store
+                .catalog()
+                .list_sales(&herald_store::catalog::SaleFilter {
+                    brand_id: None,
+                    page: herald_store::page::PageRequest::first(100),
+                })
+                .await
+                .unwrap()
+                .items
+        }
+    };
+    let before = sales(&ui).await.len();
+
+    let malformed = format!(
+        "_csrf={csrf}&brand_id=&headline=Sale&url=ftp%3A%2F%2Fx&image=nope&starts_at=tomorrow&ends_at="
+    );
+    let response = ui.post("/ui/sales", &session, &malformed).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = body(response).await;
+    for field in ["brand_id", "url", "image", "starts_at"] {
+        assert!(
+            page.contains(&format!("id=\"{field}-error\"")),
+            "{field}: {page}"
+        );
+    }
+    assert!(page.contains("value=\"tomorrow\""), "typed values are kept");
+
+    // Parsed fine, refused by the store as the API would be.
+    for (form, field) in [
+        (
+            "brand_id=fjord&headline=Later&url=https%3A%2F%2Fx.example&starts_at=2030-05-02T10%3A00&ends_at=2030-05-01T10%3A00",
+            "ends_at",
+        ),
+        (
+            "brand_id=nobody&headline=Ghost&url=https%3A%2F%2Fx.example&starts_at=2030-05-02T10%3A00",
+            "brand_id",
+        ),
+        (
+            "brand_id=fjord&headline=+&url=https%3A%2F%2Fx.example&starts_at=2030-05-02T10%3A00",
+            "headline",
+        ),
+    ] {
+        let response = ui
+            .post("/ui/sales", &session, &format!("_csrf={csrf}&{form}"))
+            .await;
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{form}");
+        let page = body(response).await;
+        assert!(page.contains(&format!("id=\"{field}-error\"")), "{field}: {page}");
+    }
+    assert_eq!(sales(&ui).await.len(), before, "nothing partial was stored");
+
+    let good = format!(
+        "_csrf={csrf}&brand_id=fjord&headline=Winter+boots&url=https%3A%2F%2Fshop.example.com%2Fboots&image=&starts_at=2030-05-01T10%3A00&ends_at=2030-05-08T10%3A00"
+    );
+    let response = ui.post("/ui/sales", &session, &good).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let all = sales(&ui).await;
+    assert_eq!(all.len(), before + 1);
+    let created = all.iter().find(|s| s.headline == "Winter boots").unwrap();
+    assert_eq!(created.brand_id, "fjord");
+    assert_eq!(created.image, None);
+    assert!(created.ends_at.is_some());
+
+    let (viewer, viewer_csrf) = ui.sign_in("viewer@example.com").await;
+    let refused = ui
+        .post(
+            "/ui/sales",
+            &viewer,
+            &good
+                .replace(&csrf, &viewer_csrf)
+                .replace("Winter", "Viewer"),
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(sales(&ui).await.len(), before + 1);
 }

@@ -10,10 +10,10 @@ use herald_bus::embedded::EmbeddedBus;
 use herald_bus::{Bus, PostgresBus, QueueConfig};
 use herald_core::{Clock, SystemClock};
 use herald_router::ingest::{ensure_topology, EmbeddedSink, EventSink, PostgresSink};
-use herald_router::routing::{Releaser, RouteWorker};
+use herald_router::routing::{HoldExpiry, Releaser, RouteWorker};
 use herald_router::sharding::{ReleaseSignal, ShardingConsumer};
 use herald_router::subscribers;
-use herald_scheduler::builtin::{BuildDueAlerts, Prune, Redrive};
+use herald_scheduler::builtin::{BuildDueAlerts, ExpireHolds, Prune, Redrive};
 use herald_scheduler::{
     Builtins, EmailSender, Notifier, Scheduler, SchedulerSettings, TransportEmail,
 };
@@ -344,6 +344,17 @@ fn scheduler(
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<Scheduler>, AppError> {
     let mut builtins = Builtins::default()
+        .with(
+            "holds.expire",
+            Arc::new(ExpireHolds {
+                expiry: Arc::new(HoldExpiry::new(
+                    config.routes.clone(),
+                    backends.store.clone(),
+                    backends.bus.clone(),
+                )),
+                default_max_age: config.routing.hold_max_age,
+            }),
+        )
         .with("queues.redrive", Arc::new(Redrive(backends.bus.clone())))
         .with(
             "store.prune",

@@ -19,7 +19,39 @@ pub const MAX_TASKS: usize = 100;
 pub const MIN_CONTINUOUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The jobs Herald runs in-process.
-pub const BUILTIN_JOBS: [&str; 3] = ["brand-alerts.build-due", "queues.redrive", "store.prune"];
+pub const BUILTIN_JOBS: [&str; 4] = [
+    "brand-alerts.build-due",
+    "holds.expire",
+    "queues.redrive",
+    "store.prune",
+];
+
+/// How a built-in job's argument is written.
+#[derive(Clone, Copy)]
+enum ArgKind {
+    /// A duration as humantime text ("90d", "24h"), longer than zero.
+    Duration,
+    Text,
+    WholeNumber,
+}
+
+/// The arguments each built-in job takes; others are refused, so a typo
+/// fails when the definition loads instead of being ignored at run time.
+fn builtin_args(job: &str) -> &'static [(&'static str, ArgKind)] {
+    match job {
+        "holds.expire" => &[("max_age", ArgKind::Duration)],
+        "queues.redrive" => &[
+            ("queue", ArgKind::Text),
+            ("to", ArgKind::Text),
+            ("limit", ArgKind::WholeNumber),
+        ],
+        "store.prune" => &[
+            ("retention", ArgKind::Duration),
+            ("events_retention", ArgKind::Duration),
+        ],
+        _ => &[],
+    }
+}
 
 /// When a process runs on its own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -419,9 +451,50 @@ fn check_tasks(tasks: &[TaskSpec]) -> Result<(), DefinitionError> {
 
 type FieldProblem = (&'static str, String);
 
+fn check_builtin_args(
+    job: &str,
+    args: &BTreeMap<String, serde_json::Value>,
+) -> Result<(), FieldProblem> {
+    let known = builtin_args(job);
+    for (name, value) in args {
+        let Some((_, kind)) = known.iter().find(|(n, _)| n == name) else {
+            let names: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+            return Err((
+                "args",
+                format!(
+                    "{job} takes no argument {name:?}; it takes: {}",
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ));
+        };
+        let problem = match (kind, value) {
+            (ArgKind::Duration, serde_json::Value::String(text)) => {
+                match humantime::parse_duration(text) {
+                    Ok(d) if d.is_zero() => Some("must be longer than 0s".to_owned()),
+                    Ok(_) => None,
+                    Err(e) => Some(format!("{text:?}: {e}")),
+                }
+            }
+            (ArgKind::Duration, _) => Some("give a duration such as \"90d\"".to_owned()),
+            (ArgKind::Text, serde_json::Value::String(_)) => None,
+            (ArgKind::Text, _) => Some("give a string".to_owned()),
+            (ArgKind::WholeNumber, v) if v.is_u64() => None,
+            (ArgKind::WholeNumber, _) => Some("give a whole number".to_owned()),
+        };
+        if let Some(problem) = problem {
+            return Err(("args", format!("{name}: {problem}")));
+        }
+    }
+    Ok(())
+}
+
 fn check_executable(run: &Executable) -> Result<(), FieldProblem> {
     match run {
-        Executable::Builtin { job, .. } => {
+        Executable::Builtin { job, args } => {
             if !BUILTIN_JOBS.contains(&job.as_str()) {
                 return Err((
                     "job",
@@ -431,6 +504,7 @@ fn check_executable(run: &Executable) -> Result<(), FieldProblem> {
                     ),
                 ));
             }
+            check_builtin_args(job, args)?;
         }
         Executable::Shell { command, env, .. } => {
             if command.first().is_none_or(|c| c.is_empty()) {
@@ -646,6 +720,36 @@ run = { kind = "http", method = "POST", url = "http://127.0.0.1:9/report", body 
         ];
         for (text, field) in cases {
             assert_eq!(field_of(&text), field, "{text}");
+        }
+    }
+
+    #[test]
+    fn builtin_args_are_checked_when_the_definition_loads() {
+        let task = |run: &str| format!("[[tasks]]\nname = \"a\"\nrun = {run}\n");
+        let message = |run: &str| {
+            let err = ProcessDefinition::parse("p", spec(&task(run))).expect_err("rejected");
+            assert_eq!(err.field, "tasks[0].run.args", "{run}");
+            err.message
+        };
+        for run in [
+            r#"{ kind = "builtin", job = "holds.expire", args = { max_age = "2h" } }"#,
+            r#"{ kind = "builtin", job = "store.prune", args = { retention = "30d", events_retention = "90d" } }"#,
+            r#"{ kind = "builtin", job = "queues.redrive", args = { queue = "q.dlq", to = "q", limit = 10 } }"#,
+            r#"{ kind = "builtin", job = "brand-alerts.build-due" }"#,
+        ] {
+            ProcessDefinition::parse("p", spec(&task(run))).expect(run);
+        }
+        let cases = [
+            (r#"{ kind = "builtin", job = "holds.expire", args = { max_age = "soon" } }"#, "max_age: \"soon\""),
+            (r#"{ kind = "builtin", job = "holds.expire", args = { max_age = "0s" } }"#, "max_age: must be longer than 0s"),
+            (r#"{ kind = "builtin", job = "holds.expire", args = { max_age = 60 } }"#, "max_age: give a duration"),
+            (r#"{ kind = "builtin", job = "store.prune", args = { retention_days = "9d" } }"#, "store.prune takes no argument \"retention_days\"; it takes: retention, events_retention"),
+            (r#"{ kind = "builtin", job = "queues.redrive", args = { limit = -1 } }"#, "limit: give a whole number"),
+            (r#"{ kind = "builtin", job = "brand-alerts.build-due", args = { x = "y" } }"#, "takes: none"),
+        ];
+        for (run, expected) in cases {
+            let got = message(run);
+            assert!(got.contains(expected), "{run}: {got}");
         }
     }
 

@@ -37,7 +37,7 @@ use herald_core::routing::{Route, UnknownPolicy};
 use herald_core::{NameError, QueueName};
 use serde::{Deserialize, Serialize};
 
-pub use release::{ReleaseReport, Releaser};
+pub use release::{HoldExpiry, ReleaseReport, Releaser};
 pub use worker::{RouteReport, RouteWorker};
 
 use crate::sharding::ShardingConsumer;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_bus::Bus;
 use herald_core::routing::Route;
@@ -42,6 +43,7 @@ pub struct Releaser {
 
 struct Inner {
     routes: HashMap<String, Route>,
+    expiry: HoldExpiry,
     store: Store,
     bus: Arc<dyn Bus>,
     signal: ReleaseSignal,
@@ -62,6 +64,7 @@ impl Releaser {
     ) -> Releaser {
         Releaser {
             inner: Arc::new(Inner {
+                expiry: HoldExpiry::new(routes.clone(), store.clone(), bus.clone()),
                 routes: routes.into_iter().map(|r| (r.name.clone(), r)).collect(),
                 store,
                 bus,
@@ -95,7 +98,7 @@ impl Releaser {
                 break;
             }
         }
-        report.expired = inner.expire().await?;
+        report.expired = inner.expiry.expire(inner.settings.hold_max_age).await?;
         inner.refresh_gauges().await?;
         Ok(report)
     }
@@ -119,6 +122,81 @@ impl Releaser {
                 () = shutdown.cancelled() => return Ok(()),
                 () = self.inner.signal.woken() => {}
                 () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}
+
+/// Moves held events that are too old to their route's dead-letter queue:
+/// the releaser's last step, and the scheduler's `holds.expire` job.
+pub struct HoldExpiry {
+    routes: HashMap<String, Route>,
+    store: Store,
+    bus: Arc<dyn Bus>,
+    known: KnownQueues,
+}
+
+impl HoldExpiry {
+    /// Expires the holds of these routes; holds of other routes are left
+    /// for the router that runs them.
+    pub fn new(routes: Vec<Route>, store: Store, bus: Arc<dyn Bus>) -> HoldExpiry {
+        HoldExpiry {
+            routes: routes.into_iter().map(|r| (r.name.clone(), r)).collect(),
+            store,
+            bus,
+            known: KnownQueues::default(),
+        }
+    }
+
+    /// Moves events held longer than `max_age` to their route's dead-letter
+    /// queue, chunk by chunk: each chunk is sent (deduplicated by message
+    /// id) before it is removed, so a crash in between loses nothing and a
+    /// second expiry running at the same time sends nothing twice. Returns
+    /// how many events it moved.
+    pub async fn expire(&self, max_age: Duration) -> Result<u64, RouteError> {
+        let mut total = 0;
+        loop {
+            let expired = self.store.holds().expired(max_age, CHUNK).await?;
+            let mut by_route: HashMap<&str, Vec<_>> = HashMap::new();
+            for event in &expired {
+                if self.routes.contains_key(&event.route) {
+                    by_route
+                        .entry(event.route.as_str())
+                        .or_default()
+                        .push(event);
+                }
+            }
+            if by_route.is_empty() {
+                return Ok(total);
+            }
+            for (name, events) in by_route {
+                let route = &self.routes[name];
+                let source: QueueName = route_queue(route)?;
+                let dead_letter = route_dead_letter(route)?;
+                self.known.ensure(self.bus.as_ref(), &dead_letter).await?;
+                let letters = events
+                    .iter()
+                    .map(|e| {
+                        let reason = format!(
+                            "held for customer {} longer than routing.hold_max_age ({}) while the customer migrated",
+                            e.customer,
+                            humantime::format_duration(max_age)
+                        );
+                        let mut letter = dead_letter_message(e.body.clone().into(), &source, &reason);
+                        for (key, value) in &e.attributes {
+                            letter.attributes.entry(key.clone()).or_insert_with(|| value.clone());
+                        }
+                        letter.dedup_key(format!("expired:{}", e.message_id))
+                    })
+                    .collect();
+                self.bus.send_batch(&dead_letter, letters).await?;
+                let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+                self.store.holds().remove(&seqs).await?;
+                telemetry::expired(name, events.len() as u64);
+                total += events.len() as u64;
+            }
+            if expired.len() < CHUNK as usize {
+                return Ok(total);
             }
         }
     }
@@ -175,57 +253,6 @@ impl Inner {
     ) -> Result<bool, RouteError> {
         let now = self.store.sharding().placement(customer).await?;
         Ok(matches!(&now.placement, Placement::Stable { shard: s } if s == shard))
-    }
-
-    /// Moves events held longer than `hold_max_age` to their route's
-    /// dead-letter queue.
-    async fn expire(&self) -> Result<u64, RouteError> {
-        let max_age = self.settings.hold_max_age;
-        let mut total = 0;
-        loop {
-            let expired = self.store.holds().expired(max_age, CHUNK).await?;
-            let mut by_route: HashMap<&str, Vec<_>> = HashMap::new();
-            for event in &expired {
-                if self.routes.contains_key(&event.route) {
-                    by_route
-                        .entry(event.route.as_str())
-                        .or_default()
-                        .push(event);
-                }
-            }
-            if by_route.is_empty() {
-                return Ok(total);
-            }
-            for (name, events) in by_route {
-                let route = &self.routes[name];
-                let source: QueueName = route_queue(route)?;
-                let dead_letter = route_dead_letter(route)?;
-                self.known.ensure(self.bus.as_ref(), &dead_letter).await?;
-                let letters = events
-                    .iter()
-                    .map(|e| {
-                        let reason = format!(
-                            "held for customer {} longer than routing.hold_max_age ({}) while the customer migrated",
-                            e.customer,
-                            humantime::format_duration(max_age)
-                        );
-                        let mut letter = dead_letter_message(e.body.clone().into(), &source, &reason);
-                        for (key, value) in &e.attributes {
-                            letter.attributes.entry(key.clone()).or_insert_with(|| value.clone());
-                        }
-                        letter.dedup_key(format!("expired:{}", e.message_id))
-                    })
-                    .collect();
-                self.bus.send_batch(&dead_letter, letters).await?;
-                let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-                self.store.holds().remove(&seqs).await?;
-                telemetry::expired(name, events.len() as u64);
-                total += events.len() as u64;
-            }
-            if expired.len() < CHUNK as usize {
-                return Ok(total);
-            }
-        }
     }
 
     async fn refresh_gauges(&self) -> Result<(), RouteError> {

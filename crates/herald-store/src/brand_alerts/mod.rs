@@ -357,7 +357,44 @@ pub trait BrandAlertStore: Send + Sync {
         event_type: &str,
         count: u64,
     ) -> Result<(), StoreError>;
+
+    /// Deletes at most `limit` (up to [`MAX_PRUNE`]) send-log rows claimed
+    /// before `before` of alerts that are finished (sent, cancelled or
+    /// failed); returns how many. Rows of an alert still building or
+    /// sending always stay: they are what keeps its sends to one per
+    /// member. The cadence counts rows claimed within its window, so
+    /// callers keep `before` at or before the window's start, and repeat
+    /// until fewer than `limit` go so no single delete holds the writer long.
+    async fn prune_send_log(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
+
+    /// The alerts a member was sent (send-log rows in state `sent`), the
+    /// latest claimed first; at most `limit` (clamped to [`MAX_RECEIVED`]).
+    async fn received_by_member(
+        &self,
+        member_id: &str,
+        limit: u32,
+    ) -> Result<Vec<ReceivedAlert>, StoreError>;
 }
+
+/// The most received alerts one [`BrandAlertStore::received_by_member`]
+/// call returns.
+pub const MAX_RECEIVED: u32 = 500;
+
+/// One alert a member was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedAlert {
+    pub alert_id: String,
+    pub name: String,
+    pub subject: String,
+    /// When the send was confirmed.
+    pub sent_at: Timestamp,
+    /// Resent after a claim was taken over from a dead process: the member
+    /// may have two copies.
+    pub possible_duplicate: bool,
+}
+
+/// The most send-log rows one prune call deletes.
+pub const MAX_PRUNE: u32 = 10_000;
 
 /// The most sales one alert may list.
 pub const MAX_SALES: usize = 100;
@@ -461,6 +498,15 @@ pub(crate) trait BrandAlertSql: Send + Sync + 'static {
         event_type: &str,
         count: i64,
     ) -> Result<(), StoreError>;
+    /// Deletes the `limit` first rows of finished alerts claimed before
+    /// `before`.
+    async fn prune_send_log(&self, before: Timestamp, limit: i64) -> Result<u64, StoreError>;
+    /// (alert id, name, subject, sent at, possible duplicate).
+    async fn received_by_member(
+        &self,
+        member_id: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, String, String, i64, bool)>, StoreError>;
 }
 
 /// What an edit found.
@@ -1168,6 +1214,34 @@ impl<S: BrandAlertSql> BrandAlertStore for BrandAlerts<S> {
             message: format!("{count} is too large"),
         })?;
         self.sql.add_events(alert_id, event_type, count).await
+    }
+
+    async fn prune_send_log(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        self.sql
+            .prune_send_log(before, i64::from(limit.clamp(1, MAX_PRUNE)))
+            .await
+    }
+
+    async fn received_by_member(
+        &self,
+        member_id: &str,
+        limit: u32,
+    ) -> Result<Vec<ReceivedAlert>, StoreError> {
+        Ok(self
+            .sql
+            .received_by_member(member_id, i64::from(limit.clamp(1, MAX_RECEIVED)))
+            .await?
+            .into_iter()
+            .map(
+                |(alert_id, name, subject, sent_at, possible_duplicate)| ReceivedAlert {
+                    alert_id,
+                    name,
+                    subject,
+                    sent_at: Timestamp(sent_at),
+                    possible_duplicate,
+                },
+            )
+            .collect())
     }
 }
 

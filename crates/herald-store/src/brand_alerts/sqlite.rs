@@ -604,6 +604,41 @@ impl BrandAlertSql for SqliteBrandAlertSql {
         .map_err(err("count brand alert events"))?;
         Ok(())
     }
+
+    async fn prune_send_log(&self, before: Timestamp, limit: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM send_log WHERE (alert_id, member_id) IN \
+                 (SELECT l.alert_id, l.member_id FROM send_log AS l \
+                  JOIN brand_alerts AS a ON a.id = l.alert_id \
+                  WHERE a.state IN ('sent', 'cancelled', 'failed') AND l.claimed_at < ?1 \
+                  LIMIT ?2)",
+        )
+        .bind(before.millis())
+        .bind(limit)
+        .execute(&self.0.writer)
+        .await
+        .map_err(err("prune the send log"))?
+        .rows_affected())
+    }
+
+    async fn received_by_member(
+        &self,
+        member_id: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, String, String, i64, bool)>, StoreError> {
+        sqlx::query_as(
+            "SELECT l.alert_id, a.name, a.subject, COALESCE(l.finished_at, l.claimed_at), \
+                    l.possible_duplicate \
+             FROM send_log AS l JOIN brand_alerts AS a ON a.id = l.alert_id \
+             WHERE l.member_id = ?1 AND l.state = 'sent' \
+             ORDER BY l.claimed_at DESC, l.alert_id DESC LIMIT ?2",
+        )
+        .bind(member_id)
+        .bind(limit)
+        .fetch_all(&self.0.reader)
+        .await
+        .map_err(err("read the alerts a member received"))
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub const ALERT_ID_ARG: &str = "alert_id";
 
 /// Most events one query returns.
 pub const MAX_LIST: u32 = 1000;
+/// The most events one prune call deletes.
+pub const MAX_PRUNE: u32 = 10_000;
 
 /// The brand alert an event belongs to: its `alert_id` custom arg, when that
 /// is a non-empty string or a number.
@@ -96,6 +98,14 @@ pub trait EmailEventStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<StoredEmailEvent>, StoreError>;
 
+    /// The latest received events across all alerts, newest first, of one
+    /// type or (with `None`) all; at most `limit` (clamped to [`MAX_LIST`]).
+    async fn latest(
+        &self,
+        event_type: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredEmailEvent>, StoreError>;
+
     /// How many events are stored.
     async fn count(&self) -> Result<u64, StoreError>;
 
@@ -105,11 +115,82 @@ pub trait EmailEventStore: Send + Sync {
         alert_id: Option<&str>,
     ) -> Result<BTreeMap<String, u64>, StoreError>;
 
+    /// A brand alert's events counted per type and time bucket, the bucket
+    /// chosen from the span between its first and last event
+    /// ([`TimeBucket::for_span`]).
+    async fn timeline(&self, alert_id: &str) -> Result<EventTimeline, StoreError>;
+
     /// Marks the events as counted in their alert's statistics; returns the
     /// indexes (into `keys`) of the stored events that were not marked
     /// before, so a redelivered event is counted once. Keys of events that
     /// are not stored are left out.
     async fn mark_stats_counted(&self, keys: &[EventKey]) -> Result<Vec<usize>, StoreError>;
+
+    /// Deletes at most `limit` (up to [`MAX_PRUNE`]) of the events received
+    /// before `before`, oldest first; returns how many. Callers repeat until
+    /// fewer than `limit` go, so no single delete holds the writer long.
+    async fn prune_received_before(&self, before: Timestamp, limit: u32)
+        -> Result<u64, StoreError>;
+}
+
+/// The width of the time buckets a [`EventTimeline`] counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeBucket {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl TimeBucket {
+    /// Longest span counted by the minute: two hours is at most 121 points.
+    pub const MINUTE_SPAN_MILLIS: i64 = 2 * 3_600_000;
+    /// Longest span counted by the hour: four days is at most 97 points.
+    pub const HOUR_SPAN_MILLIS: i64 = 4 * 86_400_000;
+
+    /// The finest bucket that keeps a span of `span_millis` to about a
+    /// hundred points, so a chart of it stays readable.
+    pub fn for_span(span_millis: i64) -> Self {
+        if span_millis <= Self::MINUTE_SPAN_MILLIS {
+            Self::Minute
+        } else if span_millis <= Self::HOUR_SPAN_MILLIS {
+            Self::Hour
+        } else {
+            Self::Day
+        }
+    }
+
+    pub fn millis(self) -> i64 {
+        match self {
+            Self::Minute => 60_000,
+            Self::Hour => 3_600_000,
+            Self::Day => 86_400_000,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minute => "minute",
+            Self::Hour => "hour",
+            Self::Day => "day",
+        }
+    }
+}
+
+/// How many events of one type occurred in one bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineCount {
+    /// The bucket's start: a multiple of the bucket width since the epoch.
+    pub bucket_start: Timestamp,
+    pub event_type: String,
+    pub count: u64,
+}
+
+/// A brand alert's events over time; `counts` only holds non-empty
+/// buckets, ordered by bucket start, then type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTimeline {
+    pub bucket: TimeBucket,
+    pub counts: Vec<TimelineCount>,
 }
 
 /// One event flattened into the columns both dialects insert.
@@ -269,17 +350,36 @@ pub(crate) trait EmailEventSql: Send + Sync + 'static {
     async fn by_key(&self, provider: &str, id: &str) -> Result<Option<EventRow>, StoreError>;
     async fn by_address(&self, address: &str, limit: i64) -> Result<Vec<EventRow>, StoreError>;
     async fn by_alert(&self, alert_id: &str, limit: i64) -> Result<Vec<EventRow>, StoreError>;
+    async fn latest(
+        &self,
+        event_type: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, StoreError>;
     async fn count(&self) -> Result<i64, StoreError>;
     async fn counts_by_type(
         &self,
         alert_id: Option<&str>,
     ) -> Result<Vec<(String, i64)>, StoreError>;
+    /// The first and last occurrence among an alert's events.
+    async fn alert_span(&self, alert_id: &str) -> Result<(Option<i64>, Option<i64>), StoreError>;
+    /// (bucket start, type, count) of an alert's non-empty buckets, ordered.
+    async fn alert_buckets(
+        &self,
+        alert_id: &str,
+        bucket_millis: i64,
+    ) -> Result<Vec<(i64, String, i64)>, StoreError>;
     /// Sets `stats_counted_at` where unset; returns the keys it set.
     async fn mark_counted(
         &self,
         keys: &[(String, String)],
         now: Timestamp,
     ) -> Result<Vec<(String, String)>, StoreError>;
+    /// Deletes the `limit` oldest events received before `before`.
+    async fn delete_received_before(
+        &self,
+        before: Timestamp,
+        limit: i64,
+    ) -> Result<u64, StoreError>;
 }
 
 pub(crate) struct EmailEvents<S> {
@@ -342,6 +442,15 @@ impl<S: EmailEventSql> EmailEventStore for EmailEvents<S> {
         self.stored(rows)
     }
 
+    async fn latest(
+        &self,
+        event_type: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredEmailEvent>, StoreError> {
+        let rows = self.sql.latest(event_type, list_limit(limit)).await?;
+        self.stored(rows)
+    }
+
     async fn count(&self) -> Result<u64, StoreError> {
         Ok(self.sql.count().await?.max(0) as u64)
     }
@@ -357,6 +466,30 @@ impl<S: EmailEventSql> EmailEventStore for EmailEvents<S> {
             .into_iter()
             .map(|(t, n)| (t, n.max(0) as u64))
             .collect())
+    }
+
+    async fn timeline(&self, alert_id: &str) -> Result<EventTimeline, StoreError> {
+        let bucket = match self.sql.alert_span(alert_id).await? {
+            (Some(first), Some(last)) => TimeBucket::for_span(last.saturating_sub(first)),
+            _ => {
+                return Ok(EventTimeline {
+                    bucket: TimeBucket::Minute,
+                    counts: Vec::new(),
+                })
+            }
+        };
+        let counts = self
+            .sql
+            .alert_buckets(alert_id, bucket.millis())
+            .await?
+            .into_iter()
+            .map(|(start, event_type, count)| TimelineCount {
+                bucket_start: Timestamp(start),
+                event_type,
+                count: count.max(0) as u64,
+            })
+            .collect();
+        Ok(EventTimeline { bucket, counts })
     }
 
     async fn mark_stats_counted(&self, keys: &[EventKey]) -> Result<Vec<usize>, StoreError> {
@@ -379,5 +512,15 @@ impl<S: EmailEventSql> EmailEventStore for EmailEvents<S> {
             .filter(|(_, pair)| marked.remove(pair))
             .map(|(i, _)| i)
             .collect())
+    }
+
+    async fn prune_received_before(
+        &self,
+        before: Timestamp,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.sql
+            .delete_received_before(before, i64::from(limit.clamp(1, MAX_PRUNE)))
+            .await
     }
 }

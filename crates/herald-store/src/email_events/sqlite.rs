@@ -149,6 +149,22 @@ impl EmailEventSql for SqliteEmailEventSql {
         .map_err(err("read email events of a brand alert"))
     }
 
+    async fn latest(
+        &self,
+        event_type: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM email_events WHERE ?1 IS NULL OR event_type = ?1 \
+             ORDER BY seq DESC LIMIT ?2"
+        ))
+        .bind(event_type)
+        .bind(limit)
+        .fetch_all(&self.0.reader)
+        .await
+        .map_err(err("read the latest email events"))
+    }
+
     async fn count(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT COUNT(*) FROM email_events")
             .fetch_one(&self.0.reader)
@@ -168,6 +184,33 @@ impl EmailEventSql for SqliteEmailEventSql {
         .fetch_all(&self.0.reader)
         .await
         .map_err(err("count email events by type"))
+    }
+
+    async fn alert_span(&self, alert_id: &str) -> Result<(Option<i64>, Option<i64>), StoreError> {
+        sqlx::query_as(
+            "SELECT MIN(occurred_at), MAX(occurred_at) FROM email_events WHERE alert_id = ?1",
+        )
+        .bind(alert_id)
+        .fetch_one(&self.0.reader)
+        .await
+        .map_err(err("read the time span of a brand alert's events"))
+    }
+
+    async fn alert_buckets(
+        &self,
+        alert_id: &str,
+        bucket_millis: i64,
+    ) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        sqlx::query_as(
+            "SELECT occurred_at - (occurred_at % ?2) AS bucket_start, event_type, COUNT(*) \
+             FROM email_events WHERE alert_id = ?1 \
+             GROUP BY bucket_start, event_type ORDER BY bucket_start, event_type",
+        )
+        .bind(alert_id)
+        .bind(bucket_millis)
+        .fetch_all(&self.0.reader)
+        .await
+        .map_err(err("count a brand alert's events over time"))
     }
 
     async fn mark_counted(
@@ -191,5 +234,22 @@ impl EmailEventSql for SqliteEmailEventSql {
         .fetch_all(&self.0.writer)
         .await
         .map_err(err("mark email events counted"))
+    }
+
+    async fn delete_received_before(
+        &self,
+        before: Timestamp,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM email_events WHERE seq IN \
+             (SELECT seq FROM email_events WHERE received_at < ?1 ORDER BY seq LIMIT ?2)",
+        )
+        .bind(before.millis())
+        .bind(limit)
+        .execute(&self.0.writer)
+        .await
+        .map_err(err("prune email events"))?
+        .rows_affected())
     }
 }

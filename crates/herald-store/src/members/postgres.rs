@@ -92,9 +92,16 @@ impl MemberSql for PgMemberSql {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<MemberRow>, StoreError> {
+        // Two statements rather than `($1 IS NULL OR email_normalized = $1)`,
+        // which keeps a generic plan off the email index.
+        let filter = if email_normalized.is_some() {
+            "email_normalized = $1"
+        } else {
+            "$1::TEXT IS NULL"
+        };
         sqlx::query_as(&format!(
             "SELECT {MEMBER_COLUMNS} FROM members \
-             WHERE ($1::TEXT IS NULL OR email_normalized = $1) AND ($2::TEXT IS NULL OR id > $2) \
+             WHERE {filter} AND ($2::TEXT IS NULL OR id > $2) \
              ORDER BY id LIMIT $3"
         ))
         .bind(email_normalized)

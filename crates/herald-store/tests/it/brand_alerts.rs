@@ -35,6 +35,8 @@ store_suite!(
     concurrent_claims_of_two_alerts_respect_the_cadence,
     build_progress_only_moves_forward,
     finished_alerts_complete_and_stats_add_up,
+    prune_deletes_old_rows_of_finished_alerts_only_in_chunks,
+    a_member_received_the_alerts_sent_to_them_latest_first,
 );
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -1380,6 +1382,137 @@ async fn finished_alerts_complete_and_stats_add_up(db: TestDb) {
 
     let err = alerts.stats("nope").await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+}
+
+async fn prune_deletes_old_rows_of_finished_alerts_only_in_chunks(db: TestDb) {
+    seed_catalog(&db).await;
+    let mut alerts = Vec::new();
+    // Sent first: completing it would complete an (empty) sending alert too.
+    for state in [
+        AlertState::Sent,
+        AlertState::Cancelled,
+        AlertState::Failed,
+        AlertState::Building,
+        AlertState::Sending,
+    ] {
+        alerts.push((state, alert_in(&db, state).await.id));
+    }
+    let old = START.millis() - 100 * DAY.as_millis() as i64;
+    let cutoff = Timestamp(START.millis() - 90 * DAY.as_millis() as i64);
+    for (_, id) in &alerts {
+        for (member, claimed_at) in [
+            ("m-old-1", old),
+            ("m-old-2", old),
+            ("m-new", START.millis()),
+        ] {
+            exec(
+                &db,
+                &format!(
+                    "INSERT INTO send_log (alert_id, member_id, state, claimed_at, finished_at) \
+                     VALUES ('{id}', '{member}', 'sent', {claimed_at}, {claimed_at})"
+                ),
+            )
+            .await;
+        }
+    }
+    let store = db.store.brand_alerts();
+    let mut chunks = Vec::new();
+    loop {
+        let deleted = store.prune_send_log(cutoff, 4).await.unwrap();
+        chunks.push(deleted);
+        if deleted < 4 {
+            break;
+        }
+    }
+    assert_eq!(
+        chunks,
+        vec![4, 2],
+        "three finished alerts hold two old rows each"
+    );
+    for (state, id) in &alerts {
+        let left = count(
+            &db,
+            &format!("SELECT COUNT(*) FROM send_log WHERE alert_id = '{id}'"),
+        )
+        .await;
+        let expected = if state.is_terminal() { 1 } else { 3 };
+        assert_eq!(left, expected, "{state}: rows left");
+        assert_eq!(store.get(id).await.unwrap().unwrap().state, *state);
+    }
+    assert_eq!(store.prune_send_log(cutoff, 4).await.unwrap(), 0);
+}
+
+async fn a_member_received_the_alerts_sent_to_them_latest_first(db: TestDb) {
+    seed_catalog(&db).await;
+    seed_audience(&db).await;
+    let alerts = db.store.brand_alerts();
+    let cadence = CadencePolicy::default();
+    let first = alert_in(&db, AlertState::Sending).await;
+    let second = alert_in(&db, AlertState::Sending).await;
+    let t1 = db.clock_now();
+    let t2 = Timestamp(t1.millis() + 60_000);
+    let sent = |member: &str| SentMessage {
+        member_id: member.into(),
+        provider_message_id: None,
+    };
+    alerts
+        .claim_sends(&first.id, &brands(&["a01", "a02"]), &cadence, CLAIM_TTL, t1)
+        .await
+        .unwrap();
+    alerts
+        .confirm_sent(&first.id, &[sent("a01"), sent("a02")], t1)
+        .await
+        .unwrap();
+    alerts
+        .claim_sends(
+            &second.id,
+            &brands(&["a01", "a02"]),
+            &cadence,
+            CLAIM_TTL,
+            t2,
+        )
+        .await
+        .unwrap();
+    alerts
+        .confirm_sent(&second.id, &[sent("a01")], t2)
+        .await
+        .unwrap();
+    alerts
+        .mark_failed(&second.id, "a02", "bounce", t2)
+        .await
+        .unwrap();
+
+    let received = alerts.received_by_member("a01", 10).await.unwrap();
+    assert_eq!(
+        received
+            .iter()
+            .map(|r| (r.alert_id.as_str(), r.sent_at))
+            .collect::<Vec<_>>(),
+        [(second.id.as_str(), t2), (first.id.as_str(), t1)]
+    );
+    assert_eq!(received[0].name, second.name);
+    assert_eq!(received[0].subject, second.subject);
+    assert!(!received[0].possible_duplicate);
+    let only_sent = alerts.received_by_member("a02", 10).await.unwrap();
+    assert_eq!(
+        only_sent
+            .iter()
+            .map(|r| r.alert_id.as_str())
+            .collect::<Vec<_>>(),
+        [first.id.as_str()],
+        "a failed send was not received"
+    );
+    assert_eq!(alerts.received_by_member("a01", 1).await.unwrap().len(), 1);
+    assert_eq!(
+        alerts.received_by_member("a01", 0).await.unwrap().len(),
+        1,
+        "clamped to one"
+    );
+    assert!(alerts
+        .received_by_member("nobody", 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// Times the audience query over the issue's benchmark shape on SQLite:

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use herald_core::email_event::{BounceClass, EmailEvent, EventType, Provider, SourceName};
 use herald_core::Timestamp;
-use herald_store::email_events::{self, EventKey};
+use herald_store::email_events::{self, EventKey, EventTimeline, TimeBucket, TimelineCount};
 use herald_store::StoreError;
 use serde_json::json;
 
@@ -20,10 +20,13 @@ store_suite!(
     stored_event_reads_back_whole,
     recent_events_by_address_and_alert_newest_first,
     counts_by_type_overall_and_per_alert,
+    timeline_counts_types_per_bucket_chosen_from_the_span,
+    latest_events_across_alerts_newest_received_first_by_type,
     stats_mark_is_set_once,
     insert_on_a_held_connection_commits_with_the_caller,
     large_batches_span_several_statements,
     empty_ids_are_refused_and_nothing_is_stored,
+    prune_deletes_events_received_before_the_cutoff_in_chunks,
 );
 
 fn event(id: &str, event_type: EventType, address: &str, at: i64) -> EmailEvent {
@@ -171,6 +174,111 @@ async fn counts_by_type_overall_and_per_alert(db: TestDb) {
     assert!(store.counts_by_type(Some("none")).await.unwrap().is_empty());
 }
 
+async fn timeline_counts_types_per_bucket_chosen_from_the_span(db: TestDb) {
+    let store = db.store.email_events();
+    let minute = TimeBucket::Minute.millis();
+    let hour = TimeBucket::Hour.millis();
+    let day = TimeBucket::Day.millis();
+    let base = 1_700_000_000_000 - 1_700_000_000_000 % day;
+    store
+        .insert(&[
+            event("m1", EventType::Delivered, "a@x.com", base + 5),
+            event("m2", EventType::Delivered, "b@x.com", base + minute - 1),
+            event("m3", EventType::Open, "a@x.com", base + 10),
+            event("m4", EventType::Click, "a@x.com", base + 3 * minute + 7),
+            without_alert(event("m5", EventType::Open, "c@x.com", base + 2 * day)),
+        ])
+        .await
+        .unwrap();
+    let count = |start: i64, event_type: &str, count: u64| TimelineCount {
+        bucket_start: Timestamp(start),
+        event_type: event_type.into(),
+        count,
+    };
+    assert_eq!(
+        store.timeline("alert-1").await.unwrap(),
+        EventTimeline {
+            bucket: TimeBucket::Minute,
+            counts: vec![
+                count(base, "delivered", 2),
+                count(base, "open", 1),
+                count(base + 3 * minute, "click", 1),
+            ],
+        },
+        "a span of minutes counts by the minute; another alert's event is left out"
+    );
+
+    store
+        .insert(&[event(
+            "h1",
+            EventType::Bounce,
+            "d@x.com",
+            base + 5 * hour + 1,
+        )])
+        .await
+        .unwrap();
+    let hourly = store.timeline("alert-1").await.unwrap();
+    assert_eq!(hourly.bucket, TimeBucket::Hour);
+    assert_eq!(
+        hourly.counts,
+        vec![
+            count(base, "click", 1),
+            count(base, "delivered", 2),
+            count(base, "open", 1),
+            count(base + 5 * hour, "bounce", 1),
+        ]
+    );
+
+    store
+        .insert(&[event("d1", EventType::Open, "a@x.com", base + 9 * day + 1)])
+        .await
+        .unwrap();
+    let daily = store.timeline("alert-1").await.unwrap();
+    assert_eq!(daily.bucket, TimeBucket::Day);
+    assert_eq!(daily.counts.len(), 5);
+    assert_eq!(daily.counts[4], count(base + 9 * day, "open", 1));
+
+    let empty = store.timeline("no-such-alert").await.unwrap();
+    assert!(empty.counts.is_empty());
+}
+
+async fn latest_events_across_alerts_newest_received_first_by_type(db: TestDb) {
+    let store = db.store.email_events();
+    store
+        .insert(&[
+            event("e1", EventType::Delivered, "a@x.com", 50),
+            without_alert(event("e2", EventType::Open, "b@x.com", 10)),
+        ])
+        .await
+        .unwrap();
+    store
+        .insert(&[event("e3", EventType::Delivered, "c@x.com", 5)])
+        .await
+        .unwrap();
+    let ids = |events: Vec<email_events::StoredEmailEvent>| {
+        events
+            .into_iter()
+            .map(|s| s.event.provider_event_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(store.latest(None, 10).await.unwrap()),
+        ["e3", "e2", "e1"],
+        "received order, not occurrence: a late event still shows first"
+    );
+    assert_eq!(ids(store.latest(None, 2).await.unwrap()), ["e3", "e2"]);
+    assert_eq!(
+        ids(store.latest(Some("delivered"), 10).await.unwrap()),
+        ["e3", "e1"]
+    );
+    assert!(store.latest(Some("nope"), 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.latest(None, 0).await.unwrap().len(),
+        1,
+        "clamped to one"
+    );
+}
+
 async fn stats_mark_is_set_once(db: TestDb) {
     let store = db.store.email_events();
     let events = [
@@ -278,4 +386,38 @@ async fn empty_ids_are_refused_and_nothing_is_stored(db: TestDb) {
         "{err}"
     );
     assert_eq!(store.count().await.unwrap(), 0);
+}
+
+async fn prune_deletes_events_received_before_the_cutoff_in_chunks(db: TestDb) {
+    let store = db.store.email_events();
+    let old: Vec<_> = (0..5)
+        .map(|i| event(&format!("old-{i}"), EventType::Delivered, "a@x.com", i))
+        .collect();
+    store.insert(&old).await.unwrap();
+    db.clock.advance(Duration::from_secs(10));
+    let cutoff = db.clock_now();
+    store
+        .insert(&[event("new", EventType::Open, "a@x.com", 9)])
+        .await
+        .unwrap();
+
+    let mut chunks = Vec::new();
+    loop {
+        let deleted = store.prune_received_before(cutoff, 2).await.unwrap();
+        chunks.push(deleted);
+        if deleted < 2 {
+            break;
+        }
+    }
+    assert_eq!(chunks, vec![2, 2, 1]);
+    assert_eq!(store.count().await.unwrap(), 1);
+    let kept = store
+        .get(&EventKey {
+            provider: Provider::SendGrid,
+            provider_event_id: "new".into(),
+        })
+        .await
+        .unwrap();
+    assert!(kept.is_some(), "the event received at the cutoff stays");
+    assert_eq!(store.prune_received_before(cutoff, 2).await.unwrap(), 0);
 }

@@ -31,11 +31,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{event_lines, field_error, read_all, EventLine, FieldErrors, EVENT_TAIL};
 use crate::auth::{encode, Signed};
-use crate::chart::{bar_chart, Bar};
+use crate::chart::{bar_chart, line_chart, Axes, Bar, Series};
 use crate::form::FormData;
 use crate::time::Zone;
 use crate::{WebError, WebState};
-use herald_store::email_events::StoredEmailEvent;
+use herald_store::email_events::{EventTimeline, StoredEmailEvent};
 
 /// Alerts per list page.
 pub const PAGE_SIZE: usize = 25;
@@ -631,6 +631,8 @@ pub struct AlertPage {
     pub actions: Vec<ActionButton>,
     pub stats: StatsView,
     pub chart: String,
+    /// Delivered, opened, clicked and bounced over time.
+    pub timeline: TimelineView,
     pub notice: Option<String>,
     /// Following progress: the page reloads itself.
     pub live: bool,
@@ -756,6 +758,101 @@ pub fn delivery_chart(stats: &StatsView) -> String {
     )
 }
 
+/// The event types the chart over time follows, with their labels.
+const TIMELINE_TYPES: [(EventType, &str); 4] = [
+    (EventType::Delivered, "Delivered"),
+    (EventType::Open, "Opened"),
+    (EventType::Click, "Clicked"),
+    (EventType::Bounce, "Bounced"),
+];
+
+/// The chart of an alert's events over time and its text alternative.
+#[derive(Debug, Serialize, PartialEq, Default)]
+pub struct TimelineView {
+    /// "minute", "hour" or "day".
+    pub bucket: &'static str,
+    /// Empty when no followed event has arrived yet.
+    pub chart: String,
+    /// The buckets with any followed event, oldest first.
+    pub rows: Vec<TimelineRow>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct TimelineRow {
+    pub at: String,
+    pub delivered: u64,
+    pub opened: u64,
+    pub clicked: u64,
+    pub bounced: u64,
+}
+
+/// Every bucket from the first to the last followed event (empty ones as
+/// zeros, so the lines keep time), charted, and the non-empty ones listed.
+pub fn timeline_view(timeline: &EventTimeline, zone: Zone) -> TimelineView {
+    let width = timeline.bucket.millis();
+    let followed: Vec<_> = timeline
+        .counts
+        .iter()
+        .filter_map(|c| {
+            TIMELINE_TYPES
+                .iter()
+                .position(|(t, _)| t.as_str() == c.event_type)
+                .map(|series| (c.bucket_start.millis(), series, c.count))
+        })
+        .collect();
+    let (Some(first), Some(last)) = (
+        followed.iter().map(|f| f.0).min(),
+        followed.iter().map(|f| f.0).max(),
+    ) else {
+        return TimelineView {
+            bucket: timeline.bucket.as_str(),
+            ..TimelineView::default()
+        };
+    };
+    let points = ((last - first) / width + 1) as usize;
+    let mut values = vec![vec![0u64; points]; TIMELINE_TYPES.len()];
+    for (start, series, count) in followed {
+        values[series][((start - first) / width) as usize] += count;
+    }
+    let labels: Vec<String> = (0..points)
+        .map(|i| zone.format(Timestamp(first + i as i64 * width)))
+        .collect();
+    let rows = (0..points)
+        .filter(|&i| values.iter().any(|v| v[i] > 0))
+        .map(|i| TimelineRow {
+            at: labels[i].clone(),
+            delivered: values[0][i],
+            opened: values[1][i],
+            clicked: values[2][i],
+            bounced: values[3][i],
+        })
+        .collect();
+    let series: Vec<Series> = TIMELINE_TYPES
+        .iter()
+        .zip(values)
+        .map(|((_, label), values)| Series {
+            label: (*label).to_owned(),
+            values,
+        })
+        .collect();
+    let x_title = format!("Time ({})", zone.name());
+    let y_title = format!("Events per {}", timeline.bucket.as_str());
+    let chart = line_chart(
+        "Delivered, opened, clicked and bounced messages over time",
+        &Axes {
+            x_title: &x_title,
+            y_title: &y_title,
+            x_labels: &labels,
+        },
+        &series,
+    );
+    TimelineView {
+        bucket: timeline.bucket.as_str(),
+        chart,
+        rows,
+    }
+}
+
 fn notice(done: &str) -> Option<String> {
     let text = match done {
         "created" => "Draft created.",
@@ -774,6 +871,7 @@ pub struct AlertFacts<'a> {
     pub template: Option<&'a Template>,
     pub sales: &'a [(Sale, Option<Brand>)],
     pub events: &'a [StoredEmailEvent],
+    pub timeline: &'a EventTimeline,
 }
 
 pub fn alert_page(facts: &AlertFacts<'_>, zone: Zone, done: &str) -> AlertPage {
@@ -804,6 +902,7 @@ pub fn alert_page(facts: &AlertFacts<'_>, zone: Zone, done: &str) -> AlertPage {
         editable: alert.state.is_editable(),
         actions: actions_for(alert.state),
         chart: delivery_chart(&stats),
+        timeline: timeline_view(facts.timeline, zone),
         stats,
         notice: notice(done),
         live: matches!(
@@ -842,12 +941,14 @@ async fn load_page(
         .email_events()
         .recent_for_alert(id, EVENT_TAIL)
         .await?;
+    let timeline = store.email_events().timeline(id).await?;
     let facts = AlertFacts {
         alert: &alert,
         stats: &stats,
         template: template.as_ref(),
         sales: &sales,
         events: &events,
+        timeline: &timeline,
     };
     Ok(alert_page(&facts, signed.zone(), done))
 }
@@ -1228,6 +1329,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use herald_store::brand_alerts::BuildProgress;
+    use herald_store::email_events::{TimeBucket, TimelineCount};
 
     use super::*;
 
@@ -1394,6 +1496,80 @@ mod tests {
         assert!(names(AlertState::Sent).is_empty());
     }
 
+    fn timeline_count(start: i64, event_type: &str, count: u64) -> TimelineCount {
+        TimelineCount {
+            bucket_start: Timestamp(start),
+            event_type: event_type.into(),
+            count,
+        }
+    }
+
+    #[test]
+    fn the_timeline_charts_followed_types_per_bucket_with_gaps_as_zeros() {
+        let hour = TimeBucket::Hour.millis();
+        // 2024-05-01 10:00 UTC.
+        let start = 1_714_557_600_000;
+        let timeline = EventTimeline {
+            bucket: TimeBucket::Hour,
+            counts: vec![
+                timeline_count(start - hour, "processed", 9),
+                timeline_count(start, "delivered", 4),
+                timeline_count(start, "open", 2),
+                timeline_count(start + 2 * hour, "click", 1),
+                timeline_count(start + 2 * hour, "bounce", 3),
+            ],
+        };
+        let view = timeline_view(&timeline, Zone::named(Some("Europe/Oslo")));
+        assert_eq!(view.bucket, "hour");
+        assert_eq!(
+            view.rows,
+            vec![
+                TimelineRow {
+                    at: "2024-05-01 12:00".into(),
+                    delivered: 4,
+                    opened: 2,
+                    clicked: 0,
+                    bounced: 0,
+                },
+                TimelineRow {
+                    at: "2024-05-01 14:00".into(),
+                    delivered: 0,
+                    opened: 0,
+                    clicked: 1,
+                    bounced: 3,
+                },
+            ],
+            "unfollowed types are left out, and so is the empty hour between"
+        );
+        let chart = &view.chart;
+        assert!(chart.contains("role=\"img\"") && chart.contains("aria-label="));
+        assert!(chart.contains(">Time (Europe/Oslo)<") && chart.contains(">Events per hour<"));
+        assert_eq!(
+            chart.matches("<polyline").count(),
+            4,
+            "delivered, opened, clicked, bounced"
+        );
+        assert_eq!(
+            chart.matches("class=\"chart-point chart-line-0\"").count(),
+            3,
+            "three hours from first to last, the empty one as zero"
+        );
+        for label in ["Delivered", "Opened", "Clicked", "Bounced"] {
+            assert!(chart.contains(&format!(">{label}<")), "legend {label}");
+        }
+    }
+
+    #[test]
+    fn a_timeline_without_followed_events_has_no_chart() {
+        let only_processed = EventTimeline {
+            bucket: TimeBucket::Minute,
+            counts: vec![timeline_count(0, "processed", 2)],
+        };
+        let view = timeline_view(&only_processed, Zone::utc());
+        assert_eq!(view.bucket, "minute");
+        assert!(view.rows.is_empty() && view.chart.is_empty());
+    }
+
     #[test]
     fn the_alert_page_counts_events_and_progress() {
         let stats = AlertStats {
@@ -1422,6 +1598,10 @@ mod tests {
             template: None,
             sales: &sales,
             events: &[],
+            timeline: &EventTimeline {
+                bucket: TimeBucket::Hour,
+                counts: Vec::new(),
+            },
         };
         let page = alert_page(&facts, Zone::utc(), "schedule");
         assert_eq!(page.stats.progress_percent, Some(80));

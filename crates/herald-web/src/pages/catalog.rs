@@ -11,9 +11,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
-use herald_core::catalog::BrandId;
+use herald_core::catalog::{BrandId, HttpUrl};
 use herald_mail::{RenderContext, TemplateError, TemplateSource};
-use herald_store::catalog::{Brand, NewTemplate, Sale, SaleFilter, Template, TemplatePatch};
+use herald_store::catalog::{
+    Brand, NewSale, NewTemplate, Sale, SaleFilter, Template, TemplatePatch,
+};
 use herald_store::page::PageRequest;
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +32,7 @@ const MAX_BRANDS: usize = 2000;
 pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/ui/brands", get(brands).post(create_brand))
-        .route("/ui/sales", get(sales))
+        .route("/ui/sales", get(sales).post(create_sale))
         .route("/ui/templates", get(templates))
         .route("/ui/templates/new", get(new_template).post(create_template))
         .route("/ui/templates/{id}", get(edit_template).post(save_template))
@@ -161,6 +163,83 @@ pub struct SalesPage {
     pub rows: Vec<SaleRow>,
     pub next_url: Option<String>,
     pub zone: &'static str,
+    /// The create form's values, as typed.
+    pub form: SaleForm,
+    pub errors: FieldErrors,
+}
+
+/// The sale create form's fields, as typed (times in the user's zone).
+#[derive(Debug, Serialize, PartialEq, Default)]
+pub struct SaleForm {
+    pub brand_id: String,
+    pub headline: String,
+    pub url: String,
+    pub image: String,
+    pub starts_at: String,
+    pub ends_at: String,
+}
+
+impl SaleForm {
+    pub fn read(form: &FormData) -> Self {
+        let field = |name| form.get(name).trim().to_owned();
+        Self {
+            brand_id: field("brand_id"),
+            headline: field("headline"),
+            url: field("url"),
+            image: field("image"),
+            starts_at: field("starts_at"),
+            ends_at: field("ends_at"),
+        }
+    }
+
+    /// The sale to create, or every field's error at once; the store
+    /// checks the rest (headline, ends after starts, the brand exists) as
+    /// it does for the API.
+    pub fn to_new(&self, zone: Zone) -> Result<NewSale, FieldErrors> {
+        let mut errors = FieldErrors::new();
+        let mut note = |field: &str, message: String| {
+            errors.insert(field.to_owned(), message);
+        };
+        let brand_id = BrandId::parse(&self.brand_id)
+            .map_err(|e| note("brand_id", e.message().to_owned()))
+            .ok();
+        let url = HttpUrl::parse(&self.url)
+            .map_err(|e| note("url", e.message().to_owned()))
+            .ok();
+        let image = if self.image.is_empty() {
+            Some(None)
+        } else {
+            HttpUrl::parse(&self.image)
+                .map(Some)
+                .map_err(|e| note("image", e.message().to_owned()))
+                .ok()
+        };
+        let starts_at = zone
+            .parse_input(&self.starts_at)
+            .map_err(|e| note("starts_at", e))
+            .ok();
+        let ends_at = if self.ends_at.is_empty() {
+            Some(None)
+        } else {
+            zone.parse_input(&self.ends_at)
+                .map(Some)
+                .map_err(|e| note("ends_at", e))
+                .ok()
+        };
+        match (brand_id, url, image, starts_at, ends_at) {
+            (Some(brand_id), Some(url), Some(image), Some(starts_at), Some(ends_at)) => {
+                Ok(NewSale {
+                    brand_id,
+                    headline: self.headline.clone(),
+                    url,
+                    image,
+                    starts_at,
+                    ends_at,
+                })
+            }
+            _ => Err(errors),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -209,6 +288,45 @@ async fn sales(
     query: Result<Query<CursorQuery>, QueryRejection>,
 ) -> Result<Response, WebError> {
     let query = query.map(|Query(q)| q).unwrap_or_default();
+    sales_page(
+        &state,
+        &signed,
+        &query,
+        SaleForm::default(),
+        FieldErrors::new(),
+    )
+    .await
+}
+
+async fn create_sale(
+    State(state): State<WebState>,
+    Extension(signed): Extension<Signed>,
+    body: bytes::Bytes,
+) -> Result<Response, WebError> {
+    let form = SaleForm::read(&FormData::parse(&body));
+    let mut errors = FieldErrors::new();
+    match form.to_new(signed.zone()) {
+        Err(found) => errors = found,
+        Ok(new) => match state.app.store.catalog().create_sale(&new).await {
+            Ok(sale) => {
+                return Ok(
+                    Redirect::to(&format!("/ui/sales?brand={}", encode(&sale.brand_id)))
+                        .into_response(),
+                )
+            }
+            Err(e) => field_error(e, &mut errors)?,
+        },
+    }
+    sales_page(&state, &signed, &CursorQuery::default(), form, errors).await
+}
+
+async fn sales_page(
+    state: &WebState,
+    signed: &Signed,
+    query: &CursorQuery,
+    form: SaleForm,
+    errors: FieldErrors,
+) -> Result<Response, WebError> {
     let catalog = state.app.store.catalog();
     let brands = read_all(MAX_BRANDS, |p| async move { catalog.list_brands(&p).await }).await?;
     let names: HashMap<String, String> = brands
@@ -223,6 +341,11 @@ async fn sales(
         })
         .await?;
     let zone = signed.zone();
+    let status = if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
     let page = SalesPage {
         brands: brands
             .iter()
@@ -242,14 +365,15 @@ async fn sales(
         }),
         brand: brand.unwrap_or_default(),
         zone: zone.name(),
+        form,
+        errors,
     };
-    Ok(state
-        .page(
-            "catalog/sales.html",
-            &signed.layout("sales", "Sales"),
-            &page,
-        )?
-        .into_response())
+    let html = state.page(
+        "catalog/sales.html",
+        &signed.layout("sales", "Sales"),
+        &page,
+    )?;
+    Ok((status, html).into_response())
 }
 
 // ---------------------------------------------------------------- templates
@@ -507,6 +631,39 @@ mod tests {
     use herald_core::Timestamp;
 
     use super::*;
+
+    #[test]
+    fn the_sale_form_reads_times_in_the_users_zone_and_optional_fields_as_none() {
+        let form = SaleForm::read(&FormData::parse(
+            b"brand_id=+fjord+&headline=Boots&url=https%3A%2F%2Fx.example%2Fb&image=&starts_at=2024-05-01T14%3A00&ends_at=",
+        ));
+        assert_eq!(form.brand_id, "fjord");
+        let new = form.to_new(Zone::named(Some("Europe/Paris"))).unwrap();
+        assert_eq!(new.brand_id.to_string(), "fjord");
+        assert_eq!(
+            new.starts_at,
+            Timestamp(1_714_564_800_000),
+            "14:00 in Paris is 12:00 UTC"
+        );
+        assert_eq!((new.image, new.ends_at), (None, None));
+    }
+
+    #[test]
+    fn the_sale_form_names_every_bad_field_at_once() {
+        let form = SaleForm {
+            brand_id: "not a brand!".into(),
+            headline: "x".into(),
+            url: "javascript:alert(1)".into(),
+            image: "ftp://x".into(),
+            starts_at: "2024-13-01T10:00".into(),
+            ends_at: "soon".into(),
+        };
+        let errors = form.to_new(Zone::utc()).unwrap_err();
+        assert_eq!(
+            errors.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["brand_id", "ends_at", "image", "starts_at", "url"]
+        );
+    }
 
     #[test]
     fn template_errors_name_the_part_and_line() {

@@ -1,5 +1,6 @@
 //! Member look-up by address: the member, their brand affinities, their
-//! subscriptions and whether the address is suppressed.
+//! subscriptions, whether the address is suppressed, and the alerts they
+//! received (from the send log).
 
 use std::collections::HashMap;
 
@@ -18,9 +19,12 @@ use super::{event_lines, read_all, EventLine, EVENT_TAIL};
 use crate::auth::Signed;
 use crate::time::Zone;
 use crate::{WebError, WebState};
+use herald_store::brand_alerts::ReceivedAlert;
 use herald_store::email_events::StoredEmailEvent;
 
 const MAX_BRANDS: usize = 2000;
+/// Received alerts the page lists.
+const RECEIVED_SHOWN: u32 = 50;
 
 pub fn routes() -> Router<WebState> {
     Router::new().route("/ui/members", get(lookup))
@@ -41,8 +45,19 @@ pub struct MemberPage {
     pub affinities: Vec<AffinityRow>,
     pub subscriptions: Vec<SubscriptionRow>,
     pub suppression: Option<String>,
-    /// The latest provider events for the address (the alerts it received).
+    /// The alerts the member was sent, the latest first.
+    pub received: Vec<ReceivedRow>,
+    /// The latest provider events for the address.
     pub events: Vec<EventLine>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ReceivedRow {
+    pub alert_id: String,
+    pub name: String,
+    pub subject: String,
+    pub sent_at: String,
+    pub possible_duplicate: bool,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -77,6 +92,7 @@ pub struct MemberFacts<'a> {
     pub suppression: Option<&'a Suppression>,
     pub brand_names: &'a HashMap<String, String>,
     pub events: &'a [StoredEmailEvent],
+    pub received: &'a [ReceivedAlert],
 }
 
 /// Affinities strongest first.
@@ -129,6 +145,17 @@ pub fn member_page(email: &str, facts: &MemberFacts<'_>, zone: Zone) -> MemberPa
                     .unwrap_or_default()
             )
         }),
+        received: facts
+            .received
+            .iter()
+            .map(|r| ReceivedRow {
+                alert_id: r.alert_id.clone(),
+                name: r.name.clone(),
+                subject: r.subject.clone(),
+                sent_at: zone.format(r.sent_at),
+                possible_duplicate: r.possible_duplicate,
+            })
+            .collect(),
         events: event_lines(facts.events, zone),
     }
 }
@@ -181,8 +208,15 @@ async fn lookup(
                     .email_events()
                     .recent_for_address(&member.email, EVENT_TAIL)
                     .await?;
+                let received = state
+                    .app
+                    .store
+                    .brand_alerts()
+                    .received_by_member(&member.id, RECEIVED_SHOWN)
+                    .await?;
                 let facts = MemberFacts {
                     events: &events,
+                    received: &received,
                     member: &member,
                     affinities: &affinities,
                     subscriptions: &subscriptions,
@@ -241,6 +275,13 @@ mod tests {
             suppression: Some(&suppression),
             brand_names: &names,
             events: &[],
+            received: &[ReceivedAlert {
+                alert_id: "alert-1".into(),
+                name: "Boots".into(),
+                subject: "Boots on sale".into(),
+                sent_at: Timestamp(1_714_557_600_000),
+                possible_duplicate: true,
+            }],
         };
         let page = member_page("ann@example.com", &facts, Zone::utc());
         let shown: Vec<_> = page
@@ -256,5 +297,15 @@ mod tests {
             "{suppressed}"
         );
         assert!(suppressed.ends_with("(sendgrid: 550)"), "{suppressed}");
+        assert_eq!(
+            page.received,
+            [ReceivedRow {
+                alert_id: "alert-1".into(),
+                name: "Boots".into(),
+                subject: "Boots on sale".into(),
+                sent_at: "2024-05-01 10:00".into(),
+                possible_duplicate: true,
+            }]
+        );
     }
 }

@@ -13,6 +13,7 @@ use crate::WebError;
 
 pub mod alerts;
 pub mod catalog;
+pub mod events;
 pub mod jobs;
 pub mod members;
 pub mod queues;
