@@ -7,6 +7,9 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
+
+use crate::time::{duration_millis, Timestamp};
 
 /// Where a brand alert is in its life.
 #[derive(
@@ -189,6 +192,18 @@ pub struct TransitionError {
     pub action: AlertAction,
 }
 
+/// How far in the past a draft's send time may be when it is scheduled.
+pub const SCHEDULE_GRACE: Duration = Duration::from_secs(60);
+
+/// Whether scheduling an alert in `state` due at `send_at` should be refused
+/// because its send time has passed by more than [`SCHEDULE_GRACE`]: it would
+/// go out at once, which is rarely what was meant. Only drafts are checked;
+/// other states are refused (or not) by the lifecycle.
+pub fn send_time_passed(state: AlertState, send_at: Timestamp, now: Timestamp) -> bool {
+    let earliest = Timestamp(now.0.saturating_sub(duration_millis(SCHEDULE_GRACE)));
+    state == AlertState::Draft && send_at < earliest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,5 +335,21 @@ mod tests {
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
             assert!(serde_json::from_str::<AlertState>(&format!("\"{bad}\"")).is_err());
         }
+    }
+
+    #[test]
+    fn a_draft_whose_send_time_passed_beyond_the_grace_is_refused() {
+        let now = Timestamp(10_000_000);
+        let grace = duration_millis(SCHEDULE_GRACE);
+        let just_inside = Timestamp(now.0 - grace);
+        let just_outside = Timestamp(now.0 - grace - 1);
+        assert!(!send_time_passed(AlertState::Draft, just_inside, now));
+        assert!(send_time_passed(AlertState::Draft, just_outside, now));
+        assert!(!send_time_passed(
+            AlertState::Draft,
+            Timestamp(now.0 + 1),
+            now
+        ));
+        assert!(!send_time_passed(AlertState::Scheduled, just_outside, now));
     }
 }

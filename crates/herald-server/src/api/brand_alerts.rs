@@ -18,7 +18,6 @@
 //!   accepted, so "send now" works despite clock skew.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -26,8 +25,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat};
-use herald_core::alert::{AlertAction, AlertState};
-use herald_core::time::duration_millis;
+use herald_core::alert::{send_time_passed, AlertAction, AlertState, SCHEDULE_GRACE};
 use herald_core::{Clock, SystemClock, Timestamp};
 use herald_store::brand_alerts::{
     AlertStats, BrandAlert, BrandAlertFilter, BrandAlertPatch, BuildProgress, NewBrandAlert,
@@ -42,9 +40,6 @@ use utoipa_axum::routes;
 use crate::api::ErrorResponse;
 use crate::auth::{MarketingAccess, ReadAccess};
 use crate::{ApiError, ApiJson, AppState};
-
-/// How far in the past a draft's send time may be when it is scheduled.
-pub const SCHEDULE_GRACE: Duration = Duration::from_secs(60);
 
 const TAG: &str = "brand alerts";
 
@@ -430,9 +425,7 @@ async fn schedule_alert(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let alert = find(&state, &id).await?;
-    let now = SystemClock.now().millis();
-    let earliest = Timestamp(now.saturating_sub(duration_millis(SCHEDULE_GRACE)));
-    if alert.state == AlertState::Draft && alert.send_at < earliest {
+    if send_time_passed(alert.state, alert.send_at, SystemClock.now()) {
         return Err(ApiError::invalid_field(
             "send_at",
             format!(

@@ -16,10 +16,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use herald_alerts::PreviewError;
+use herald_core::alert::send_time_passed;
 use herald_core::alert::{AlertAction, AlertState};
 use herald_core::email_event::EventType;
 use herald_core::{Clock, SystemClock, Timestamp};
-use herald_server::api::brand_alerts::SCHEDULE_GRACE;
 use herald_store::brand_alerts::{
     AlertStats, BrandAlert, BrandAlertFilter, BrandAlertPatch, NewBrandAlert,
 };
@@ -1285,12 +1285,10 @@ async fn confirm(
     Ok(html.into_response())
 }
 
-/// The API's rule for scheduling: a draft whose send time is more than
-/// [`SCHEDULE_GRACE`] in the past would go out at once, which is rarely
-/// what was meant.
+/// The API's rule for scheduling ([`send_time_passed`]), worded for the
+/// page.
 pub fn schedule_refusal(alert: &BrandAlert, now: Timestamp, zone: Zone) -> Option<String> {
-    let earliest = Timestamp(now.millis() - herald_core::time::duration_millis(SCHEDULE_GRACE));
-    (alert.state == AlertState::Draft && alert.send_at < earliest).then(|| {
+    send_time_passed(alert.state, alert.send_at, now).then(|| {
         format!(
             "Its send time ({}) has passed; edit the alert and move it forward before scheduling.",
             zone.format(alert.send_at)
@@ -1659,7 +1657,7 @@ mod tests {
     #[test]
     fn scheduling_a_draft_long_past_its_send_time_is_refused() {
         let draft = alert(AlertState::Draft);
-        let just_after = NOON.plus(SCHEDULE_GRACE);
+        let just_after = NOON.plus(herald_core::alert::SCHEDULE_GRACE);
         assert_eq!(schedule_refusal(&draft, just_after, Zone::utc()), None);
         let later = just_after.plus(std::time::Duration::from_millis(1));
         assert!(schedule_refusal(&draft, later, Zone::utc()).is_some());
