@@ -181,30 +181,24 @@ impl Composer {
         recipient: &Recipient,
         brand_ids: &[String],
     ) -> Result<OutgoingEmail, ComposeError> {
-        let (brands, sales) = content.for_brands(brand_ids);
-        if brands.is_empty() {
-            return Err(ComposeError::NoMatchingBrand(brand_ids.to_vec()));
-        }
+        let alert_context = AlertContext {
+            id: alert.id.clone(),
+            subject: alert.subject.clone(),
+        };
+        let prepared = content
+            .prepared(&alert_context, brand_ids)
+            .ok_or_else(|| ComposeError::NoMatchingBrand(brand_ids.to_vec()))?;
         let unsubscribe_url =
             self.signer
                 .url(&self.unsubscribe_base, &alert.id, &recipient.member_id)?;
-        let context = RenderContext {
-            member: MemberContext {
-                first_name: recipient.first_name.clone(),
-                name: recipient.name.clone(),
-                email: recipient.email.clone(),
-                locale: recipient.locale.clone(),
-                time_zone: recipient.time_zone.clone(),
-            },
-            alert: AlertContext {
-                id: alert.id.clone(),
-                subject: alert.subject.clone(),
-            },
-            brands,
-            sales,
-            unsubscribe_url: unsubscribe_url.clone(),
+        let member = MemberContext {
+            first_name: recipient.first_name.clone(),
+            name: recipient.name.clone(),
+            email: recipient.email.clone(),
+            locale: recipient.locale.clone(),
+            time_zone: recipient.time_zone.clone(),
         };
-        let rendered = content.template.render(&context)?;
+        let rendered = prepared.render(&member, &unsubscribe_url)?;
         let to = mailbox(recipient.name.clone(), &recipient.email)?;
         let customer = recipient
             .customer_id

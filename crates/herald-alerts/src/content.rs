@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use herald_core::Timestamp;
-use herald_mail::{BrandContext, SaleContext, Template, TemplateSource};
+use herald_mail::{
+    AlertContext, BrandContext, PreparedAlert, SaleContext, Template, TemplateSource,
+};
 use herald_store::brand_alerts::BrandAlert;
 use herald_store::{Store, StoreError};
 
@@ -30,16 +32,26 @@ pub struct AlertSale {
     pub context: SaleContext,
 }
 
+/// Sets of brands (with a subject) one alert keeps prepared renders for;
+/// members beyond them get a full render each.
+const PREPARED_CAPACITY: usize = 64;
+
 /// An alert's shared content.
 #[derive(Debug)]
 pub struct AlertContent {
     pub alert_id: String,
-    pub template: Template,
+    pub template: Arc<Template>,
     /// The brands of the alert's sales, each once, in the alert's order.
     pub brands: Vec<BrandContext>,
     /// The alert's sales, in the alert's order.
     pub sales: Vec<AlertSale>,
+    /// Renders prepared for the members with the same matching brands, by
+    /// subject and brand ids.
+    prepared: Mutex<HashMap<PreparedKey, Arc<PreparedAlert>>>,
 }
+
+/// A prepared render's subject and brand ids.
+type PreparedKey = (String, Vec<String>);
 
 impl AlertContent {
     /// Loads the template, the sales and their brands of `alert`.
@@ -101,12 +113,62 @@ impl AlertContent {
                 },
             });
         }
-        Ok(AlertContent {
-            alert_id: alert.id.clone(),
-            template,
+        Ok(AlertContent::new(alert.id.clone(), template, brands, sales))
+    }
+
+    pub fn new(
+        alert_id: String,
+        template: Template,
+        brands: Vec<BrandContext>,
+        sales: Vec<AlertSale>,
+    ) -> AlertContent {
+        AlertContent {
+            alert_id,
+            template: Arc::new(template),
             brands,
             sales,
-        })
+            prepared: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The render of the alert for members whose matching brands are
+    /// `brand_ids`, prepared once per set of brands; `None` when no brand
+    /// matches.
+    pub fn prepared(
+        &self,
+        alert: &AlertContext,
+        brand_ids: &[String],
+    ) -> Option<Arc<PreparedAlert>> {
+        let matching: Vec<String> = self
+            .brands
+            .iter()
+            .filter(|b| brand_ids.contains(&b.id))
+            .map(|b| b.id.clone())
+            .collect();
+        if matching.is_empty() {
+            return None;
+        }
+        let key = (alert.subject.clone(), matching);
+        if let Some(found) = self
+            .prepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Some(found.clone());
+        }
+        let (brands, sales) = self.for_brands(&key.1);
+        let prepared = Arc::new(PreparedAlert::new(
+            self.template.clone(),
+            alert.clone(),
+            brands,
+            sales,
+        ));
+        let mut cache = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() < PREPARED_CAPACITY {
+            cache.insert(key, prepared.clone());
+        }
+        Some(prepared)
     }
 
     /// The alert's brand ids, each once, in the alert's order.
@@ -235,23 +297,23 @@ mod tests {
                 ends_at: None,
             },
         };
-        Arc::new(AlertContent {
-            alert_id: alert_id.into(),
+        Arc::new(AlertContent::new(
+            alert_id.into(),
             template,
-            brands: ["acme", "globex", "initech"]
+            ["acme", "globex", "initech"]
                 .into_iter()
                 .map(|id| BrandContext {
                     id: id.into(),
                     name: id.to_uppercase(),
                 })
                 .collect(),
-            sales: vec![
+            vec![
                 sale("acme", "a1"),
                 sale("globex", "g1"),
                 sale("acme", "a2"),
                 sale("initech", "i1"),
             ],
-        })
+        ))
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //!   retried after the `retry_backoff` delay for its delivery count, until
 //!   the queue's `max_receives`, then failed and dead-lettered as above.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::compose::Composer;
+use crate::compose::{Composer, Recipient};
 use crate::content::{AlertContent, ContentError};
 use crate::queue::{self, email_queue, ensure_email_queue, EmailJob};
 use crate::recipient;
@@ -54,6 +54,8 @@ const RECEIVE_RETRY_DELAY: Duration = Duration::from_secs(1);
 const COMPLETE_EVERY: Duration = Duration::from_secs(1);
 /// Attempts at confirming sent emails before leaving them to redelivery.
 const CONFIRM_ATTEMPTS: u32 = 3;
+/// Longest a completed send waits for others to be confirmed with.
+const SETTLE_WITHIN: Duration = Duration::from_millis(2);
 /// Margin added to a busy claim's expiry before the message is retried.
 const BUSY_MARGIN: Duration = Duration::from_millis(100);
 /// The suppression source of addresses the mailer suppresses.
@@ -145,6 +147,12 @@ struct Pending {
     job: EmailJob,
 }
 
+/// A claimed message with its member, ready to be built and sent.
+struct Ready {
+    pending: Pending,
+    recipient: Recipient,
+}
+
 /// How one send went.
 enum Attempt {
     Sent(Option<String>),
@@ -152,7 +160,7 @@ enum Attempt {
     NotComposed(String),
     Failed(SendError),
     /// Reading the member failed; nothing was sent.
-    Store(StoreError),
+    Store(String),
 }
 
 struct Finished {
@@ -494,20 +502,76 @@ impl Inner {
         }
     }
 
+    /// Reads the members of the claimed messages in one query; those that
+    /// cannot be sent to (gone, or the read failed) are handled here.
+    async fn with_members(
+        &self,
+        alert_id: &str,
+        to_send: Vec<Pending>,
+        report: &mut MailerReport,
+    ) -> Vec<Ready> {
+        let ids: Vec<&str> = to_send.iter().map(|p| p.job.member_id.as_str()).collect();
+        let members = match self.store.members().get_many(&ids).await {
+            Ok(members) => members,
+            Err(e) => {
+                let reason = e.to_string();
+                for pending in to_send {
+                    let failed = Finished {
+                        pending,
+                        address: None,
+                        attempt: Attempt::Store(reason.clone()),
+                    };
+                    self.handle_failure(alert_id, failed, report).await;
+                }
+                return Vec::new();
+            }
+        };
+        let mut members: HashMap<String, Recipient> = members
+            .iter()
+            .map(|m| (m.id.clone(), recipient::from_member(m)))
+            .collect();
+        let mut ready = Vec::with_capacity(to_send.len());
+        for pending in to_send {
+            match members.remove(&pending.job.member_id) {
+                Some(recipient) => ready.push(Ready { pending, recipient }),
+                None => {
+                    let gone = Finished {
+                        pending,
+                        address: None,
+                        attempt: Attempt::NotComposed("the member no longer exists".to_owned()),
+                    };
+                    self.handle_failure(alert_id, gone, report).await;
+                }
+            }
+        }
+        ready
+    }
+
     /// Sends every claimed message, at most `concurrency` at once, and
     /// confirms the sends as they complete.
     async fn send_all(&self, send: SendContext, to_send: Vec<Pending>, report: &mut MailerReport) {
+        let to_send = self.with_members(&send.alert.id, to_send, report).await;
         let chunk_size = if sends_in_batches(send.transport.as_ref()) {
             self.settings.concurrency
         } else {
             1
         };
-        let mut waiting: VecDeque<Vec<Pending>> = VecDeque::new();
+        let mut waiting: VecDeque<Vec<Ready>> = VecDeque::new();
         let mut items = to_send.into_iter().peekable();
         while items.peek().is_some() {
             waiting.push_back(items.by_ref().take(chunk_size).collect());
         }
         let mut running: JoinSet<Chunk> = JoinSet::new();
+        // Completed sends are confirmed (and acked) together: one write
+        // transaction per group rather than per send. A group closes when
+        // it holds half the permits, when nothing else of the batch is in
+        // flight, or SETTLE_WITHIN after its first send completed, so a
+        // slow send never keeps the others unconfirmed (and their permits
+        // taken) for long.
+        let settle_at = (self.settings.concurrency / 2).max(1);
+        let mut completed = Vec::new();
+        let mut completed_sends = 0;
+        let mut settle_by = tokio::time::Instant::now();
         loop {
             let next_len = waiting.front().map_or(1, Vec::len);
             let permits = u32::try_from(next_len).unwrap_or(u32::MAX);
@@ -520,7 +584,6 @@ impl Inner {
                         break;
                     };
                     running.spawn(send_chunk(
-                        self.store.clone(),
                         self.composer.clone(),
                         send.clone(),
                         chunk,
@@ -528,14 +591,27 @@ impl Inner {
                     ));
                 }
                 Some(first) = running.join_next(), if !running.is_empty() => {
-                    let mut completed = vec![first];
-                    while let Some(more) = running.try_join_next() {
-                        completed.push(more);
+                    if completed.is_empty() {
+                        settle_by = tokio::time::Instant::now() + SETTLE_WITHIN;
                     }
-                    self.settle(&send, completed, report).await;
+                    for done in std::iter::once(first).chain(std::iter::from_fn(|| running.try_join_next())) {
+                        completed_sends += done.as_ref().map_or(1, |chunk| chunk.finished.len());
+                        completed.push(done);
+                    }
+                    if completed_sends >= settle_at || running.is_empty() {
+                        completed_sends = 0;
+                        self.settle(&send, std::mem::take(&mut completed), report).await;
+                    }
+                }
+                () = tokio::time::sleep_until(settle_by), if !completed.is_empty() => {
+                    completed_sends = 0;
+                    self.settle(&send, std::mem::take(&mut completed), report).await;
                 }
                 else => break,
             }
+        }
+        if !completed.is_empty() {
+            self.settle(&send, completed, report).await;
         }
     }
 
@@ -630,7 +706,7 @@ impl Inner {
             }
             Attempt::Store(e) => {
                 tracing::warn!(alert_id, member_id, error = %e, "cannot read the member; retrying later");
-                self.release(alert_id, &member_id, &e.to_string()).await;
+                self.release(alert_id, &member_id, &e).await;
                 self.nack(&pending.delivery.receipt, STORE_RETRY_DELAY)
                     .await;
             }
@@ -874,36 +950,15 @@ struct SendContext {
 /// Builds and sends the emails of one chunk; runs in its own task so
 /// rendering uses every core.
 async fn send_chunk(
-    store: Store,
     composer: Arc<Composer>,
     send: SendContext,
-    chunk: Vec<Pending>,
+    chunk: Vec<Ready>,
     permits: OwnedSemaphorePermit,
 ) -> Chunk {
     let mut finished = Vec::with_capacity(chunk.len());
     let mut ready = Vec::new();
     let mut emails = Vec::new();
-    for pending in chunk {
-        let member = match store.members().get(&pending.job.member_id).await {
-            Ok(Some(member)) => member,
-            Ok(None) => {
-                finished.push(Finished {
-                    pending,
-                    address: None,
-                    attempt: Attempt::NotComposed("the member no longer exists".to_owned()),
-                });
-                continue;
-            }
-            Err(e) => {
-                finished.push(Finished {
-                    pending,
-                    address: None,
-                    attempt: Attempt::Store(e),
-                });
-                continue;
-            }
-        };
-        let recipient = recipient::from_member(&member);
+    for Ready { pending, recipient } in chunk {
         match composer.compose(
             &send.alert,
             &send.content,

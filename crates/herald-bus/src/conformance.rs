@@ -25,7 +25,7 @@ use herald_core::{QueueName, TopicName};
 
 use crate::{
     Bus, BusError, Condition, Delivery, FilterPolicy, OutgoingMessage, QueueConfig, ReceiveOptions,
-    Subscription,
+    Subscription, WriteBatch,
 };
 
 /// Every clause, for the suite macro.
@@ -53,6 +53,10 @@ macro_rules! bus_conformance_suite {
             dedup_window_expires,
             stale_receipts_are_refused,
             ack_batch_reports_each_receipt,
+            commit_sends_to_many_queues_and_acks_together,
+            commit_with_a_stale_receipt_writes_nothing,
+            commit_to_an_unknown_queue_or_too_large_writes_nothing,
+            commit_honours_dedup_keys,
             long_poll_wakes_on_send,
             long_poll_returns_empty_after_wait,
             peek_does_not_receive,
@@ -915,6 +919,202 @@ pub async fn ack_batch_reports_each_receipt(bus: Arc<dyn Bus>) {
         "only the unacked message is left"
     );
     assert!(bus.ack_batch(&q, &[]).await.unwrap().is_empty());
+}
+
+pub async fn commit_sends_to_many_queues_and_acks_together(bus: Arc<dyn Bus>) {
+    let names = Names::new();
+    let src = new_queue(&*bus, &names, "src", QueueConfig::default()).await;
+    let a = new_queue(&*bus, &names, "a", QueueConfig::default()).await;
+    let b = new_queue(&*bus, &names, "b", QueueConfig::default()).await;
+    bus.send_batch(
+        &src,
+        vec![
+            OutgoingMessage::new("x"),
+            OutgoingMessage::new("g1").group("g"),
+            OutgoingMessage::new("g2").group("g"),
+        ],
+    )
+    .await
+    .unwrap();
+    let got = bus.receive(&src, now_opts(10)).await.unwrap();
+    assert_eq!(
+        bodies(&got),
+        ["x", "g1"],
+        "g2 waits behind its group's head"
+    );
+
+    let mut batch = WriteBatch::new();
+    batch
+        .send(&a, OutgoingMessage::new("a1"))
+        .send(&b, OutgoingMessage::new("b1").attribute("k", "v"))
+        .send_batch(&a, [OutgoingMessage::new("a2"), OutgoingMessage::new("a3")])
+        .ack_batch(&src, got.iter().map(|d| d.receipt.clone()));
+    let committed = bus.commit(batch).await.unwrap();
+    assert_eq!(
+        committed
+            .iter()
+            .map(|(q, ids)| (q, ids.len()))
+            .collect::<Vec<_>>(),
+        [(&a, 3), (&b, 1)],
+        "ids per queue, queues in the order first named"
+    );
+    let peeked: Vec<_> = bus.peek(&a, 10).await.unwrap();
+    assert_eq!(
+        peeked.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        committed[0].1
+    );
+    assert_eq!(peek_bodies(&*bus, &a).await, ["a1", "a2", "a3"]);
+    let b1 = bus.receive(&b, now_opts(10)).await.unwrap();
+    assert_eq!(b1[0].attributes.get("k").map(String::as_str), Some("v"));
+    assert_eq!(b1[0].id, committed[1].1[0]);
+
+    // The acks took effect, the group's head among them: g2 is next.
+    let rest = bus.receive(&src, now_opts(10)).await.unwrap();
+    assert_eq!(bodies(&rest), ["g2"]);
+    assert_eq!(peek_bodies(&*bus, &src).await, ["g2"]);
+
+    // Acks alone, sends alone, and nothing at all are commits too.
+    let mut acks_only = WriteBatch::new();
+    acks_only.ack(&src, rest[0].receipt.clone());
+    assert!(bus.commit(acks_only).await.unwrap().is_empty());
+    assert!(peek_bodies(&*bus, &src).await.is_empty());
+    let mut sends_only = WriteBatch::new();
+    sends_only.send(&src, OutgoingMessage::new("again"));
+    bus.commit(sends_only).await.unwrap();
+    assert_eq!(peek_bodies(&*bus, &src).await, ["again"]);
+    assert!(bus.commit(WriteBatch::new()).await.unwrap().is_empty());
+}
+
+pub async fn commit_with_a_stale_receipt_writes_nothing(bus: Arc<dyn Bus>) {
+    let names = Names::new();
+    let src = new_queue(&*bus, &names, "src", QueueConfig::default()).await;
+    let out = new_queue(&*bus, &names, "out", QueueConfig::default()).await;
+    bus.send_batch(
+        &src,
+        vec![OutgoingMessage::new("m1"), OutgoingMessage::new("m2")],
+    )
+    .await
+    .unwrap();
+    let first = bus.receive(&src, now_opts(10)).await.unwrap();
+    assert_eq!(first.len(), 2);
+    // m2 is redelivered: its first receipt is stale.
+    bus.nack(&src, &first[1].receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    let again = bus.receive(&src, now_opts(10)).await.unwrap();
+    assert_eq!(bodies(&again), ["m2"]);
+
+    let mut batch = WriteBatch::new();
+    batch
+        .send(&out, OutgoingMessage::new("derived").dedup_key("d1"))
+        .ack(&src, first[0].receipt.clone())
+        .ack(&src, first[1].receipt.clone());
+    match bus.commit(batch).await {
+        Err(BusError::StaleReceipt(receipt)) => assert_eq!(receipt, first[1].receipt),
+        other => panic!("expected StaleReceipt, got {other:?}"),
+    }
+    assert!(peek_bodies(&*bus, &out).await.is_empty(), "nothing sent");
+    assert_eq!(
+        peek_bodies(&*bus, &src).await,
+        ["m1", "m2"],
+        "nothing acked"
+    );
+    // The current receipts still work, and the dedup key was not taken.
+    bus.ack(&src, &first[0].receipt).await.unwrap();
+    bus.ack(&src, &again[0].receipt).await.unwrap();
+    let kept = bus
+        .send(&out, OutgoingMessage::new("derived").dedup_key("d1"))
+        .await
+        .unwrap();
+    let stored = bus.peek(&out, 10).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, kept);
+
+    // A malformed receipt fails the commit before anything is written.
+    let mut forged = WriteBatch::new();
+    forged
+        .send(&out, OutgoingMessage::new("never"))
+        .ack(&src, crate::Receipt("forged-receipt".into()));
+    assert!(bus.commit(forged).await.is_err());
+    assert_eq!(peek_bodies(&*bus, &out).await, ["derived"]);
+}
+
+pub async fn commit_to_an_unknown_queue_or_too_large_writes_nothing(bus: Arc<dyn Bus>) {
+    let names = Names::new();
+    let src = new_queue(&*bus, &names, "src", QueueConfig::default()).await;
+    let small = new_queue(
+        &*bus,
+        &names,
+        "small",
+        QueueConfig {
+            max_body_bytes: 4,
+            ..QueueConfig::default()
+        },
+    )
+    .await;
+    bus.send(&src, OutgoingMessage::new("m")).await.unwrap();
+    let got = bus.receive(&src, now_opts(10)).await.unwrap();
+    let receipt = got[0].receipt.clone();
+
+    let mut missing = WriteBatch::new();
+    missing
+        .send(&small, OutgoingMessage::new("ok"))
+        .send(&names.queue("missing"), OutgoingMessage::new("lost"))
+        .ack(&src, receipt.clone());
+    assert_queue_not_found(bus.commit(missing).await, "send to a missing queue");
+    let mut missing_ack = WriteBatch::new();
+    missing_ack
+        .send(&small, OutgoingMessage::new("ok"))
+        .ack(&names.queue("missing"), receipt.clone());
+    assert_queue_not_found(bus.commit(missing_ack).await, "ack on a missing queue");
+
+    let mut too_large = WriteBatch::new();
+    too_large
+        .send(&small, OutgoingMessage::new("ok"))
+        .send(&small, OutgoingMessage::new("far too large"))
+        .ack(&src, receipt.clone());
+    assert!(
+        matches!(
+            bus.commit(too_large).await,
+            Err(BusError::BodyTooLarge { limit: 4, .. })
+        ),
+        "body past the queue's limit"
+    );
+    assert!(peek_bodies(&*bus, &small).await.is_empty(), "nothing sent");
+    bus.ack(&src, &receipt)
+        .await
+        .expect("the receipt was never used");
+}
+
+pub async fn commit_honours_dedup_keys(bus: Arc<dyn Bus>) {
+    let names = Names::new();
+    let a = new_queue(&*bus, &names, "a", QueueConfig::default()).await;
+    let b = new_queue(&*bus, &names, "b", QueueConfig::default()).await;
+    let first = bus
+        .send(&a, OutgoingMessage::new("k1").dedup_key("k1"))
+        .await
+        .unwrap();
+    let mut batch = WriteBatch::new();
+    batch
+        .send(&a, OutgoingMessage::new("k1 again").dedup_key("k1"))
+        .send(&a, OutgoingMessage::new("k2").dedup_key("k2"))
+        .send(&a, OutgoingMessage::new("k2 again").dedup_key("k2"))
+        // Keys belong to their queue.
+        .send(&b, OutgoingMessage::new("k1 in b").dedup_key("k1"));
+    let committed = bus.commit(batch).await.unwrap();
+    let ids_a = &committed[0].1;
+    assert_eq!(ids_a[0], first);
+    assert_eq!(ids_a[1], ids_a[2]);
+    assert_ne!(ids_a[1], first);
+    assert_ne!(committed[1].1[0], first);
+    assert_eq!(peek_bodies(&*bus, &a).await, ["k1", "k2"]);
+    assert_eq!(peek_bodies(&*bus, &b).await, ["k1 in b"]);
+    // A later send sees the keys the commit recorded.
+    let k2 = bus
+        .send(&a, OutgoingMessage::new("k2 later").dedup_key("k2"))
+        .await
+        .unwrap();
+    assert_eq!(&k2, &ids_a[1]);
 }
 
 pub async fn long_poll_wakes_on_send(bus: Arc<dyn Bus>) {

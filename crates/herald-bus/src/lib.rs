@@ -247,6 +247,95 @@ pub struct Subscription {
     pub filter: FilterPolicy,
 }
 
+/// The messages a [`WriteBatch`] sends to one queue.
+pub type QueueSends = (QueueName, Vec<OutgoingMessage>);
+
+/// The receipts a [`WriteBatch`] acks on one queue.
+pub type QueueAcks = (QueueName, Vec<Receipt>);
+
+/// Writes that [`Bus::commit`] makes together: messages sent to any number
+/// of queues and received messages acked, all or none.
+///
+/// A consumer that turns what it received into messages for other queues
+/// (the router) commits both at once, so nothing it sends survives without
+/// the ack of what it came from, and an ack never hides unsent work.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteBatch {
+    sends: Vec<QueueSends>,
+    acks: Vec<QueueAcks>,
+}
+
+impl WriteBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a message for `queue`; a queue's messages keep the order they
+    /// were added in.
+    pub fn send(&mut self, queue: &QueueName, message: OutgoingMessage) -> &mut Self {
+        self.send_batch(queue, [message])
+    }
+
+    pub fn send_batch(
+        &mut self,
+        queue: &QueueName,
+        messages: impl IntoIterator<Item = OutgoingMessage>,
+    ) -> &mut Self {
+        let at = match self.sends.iter().position(|(q, _)| q == queue) {
+            Some(at) => at,
+            None => {
+                self.sends.push((queue.clone(), Vec::new()));
+                self.sends.len() - 1
+            }
+        };
+        self.sends[at].1.extend(messages);
+        self
+    }
+
+    /// Acks a received message of `queue`.
+    pub fn ack(&mut self, queue: &QueueName, receipt: Receipt) -> &mut Self {
+        self.ack_batch(queue, [receipt])
+    }
+
+    pub fn ack_batch(
+        &mut self,
+        queue: &QueueName,
+        receipts: impl IntoIterator<Item = Receipt>,
+    ) -> &mut Self {
+        let at = match self.acks.iter().position(|(q, _)| q == queue) {
+            Some(at) => at,
+            None => {
+                self.acks.push((queue.clone(), Vec::new()));
+                self.acks.len() - 1
+            }
+        };
+        self.acks[at].1.extend(receipts);
+        self
+    }
+
+    /// The messages per queue, queues in the order first named.
+    pub fn sends(&self) -> &[QueueSends] {
+        &self.sends
+    }
+
+    /// The receipts per queue, queues in the order first named.
+    pub fn acks(&self) -> &[QueueAcks] {
+        &self.acks
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sends.iter().all(|(_, m)| m.is_empty()) && self.acks.iter().all(|(_, r)| r.is_empty())
+    }
+
+    pub fn into_parts(self) -> (Vec<QueueSends>, Vec<QueueAcks>) {
+        (self.sends, self.acks)
+    }
+}
+
+/// The ids [`Bus::commit`] gave the messages it sent: per queue, in the
+/// order of [`WriteBatch::sends`].
+pub type Committed = Vec<(QueueName, Vec<MessageId>)>;
+
 /// The outcome of one receipt in [`Bus::ack_batch`].
 pub type AckOutcome = Result<(), BusError>;
 
@@ -324,6 +413,15 @@ pub trait Bus: Send + Sync + 'static {
 
     async fn receive(&self, queue: &QueueName, options: ReceiveOptions)
         -> BusResult<Vec<Delivery>>;
+
+    /// Sends and acks in one transaction: every message is stored (dedup
+    /// keys honoured as by `send_batch`) and every receipt acked, or nothing
+    /// is written and the error says why. One stale receipt fails the whole
+    /// commit with [`BusError::StaleReceipt`]: the message was redelivered,
+    /// so what was derived from it must not be written by this receiver.
+    /// An unknown queue fails it with [`BusError::QueueNotFound`], a body
+    /// past a queue's limit with [`BusError::BodyTooLarge`].
+    async fn commit(&self, batch: WriteBatch) -> BusResult<Committed>;
 
     /// Deletes the message. A stale receipt is refused.
     async fn ack(&self, queue: &QueueName, receipt: &Receipt) -> BusResult<()>;

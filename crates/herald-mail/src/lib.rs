@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod message;
+pub mod prepared;
 pub mod render;
 pub mod template;
 pub mod transport;
@@ -12,6 +13,7 @@ pub mod unsubscribe;
 
 pub use lettre::message::Mailbox;
 pub use message::{ListUnsubscribe, MessageError, OutgoingEmail};
+pub use prepared::PreparedAlert;
 pub use render::{
     AlertContext, BrandContext, MemberContext, RenderContext, RenderError, RenderedEmail,
     SaleContext,

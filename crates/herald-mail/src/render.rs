@@ -146,12 +146,7 @@ impl Template {
         let html = part(TemplatePart::Html)?.unwrap_or_default();
         let text = match part(TemplatePart::Text)? {
             Some(text) => text,
-            // A wrapped URL is a broken link, so links may overrun the width.
-            None => html2text::config::plain()
-                .no_link_wrapping()
-                .allow_width_overflow()
-                .string_from_read(html.as_bytes(), TEXT_WIDTH)
-                .map_err(|e| RenderError::Text(e.to_string()))?,
+            None => derive_text(&html)?,
         };
         let html = inline_css(&html)?;
         Ok(RenderedEmail {
@@ -162,11 +157,21 @@ impl Template {
     }
 }
 
-fn one_line(s: &str) -> String {
+/// The text part of an HTML body.
+pub(crate) fn derive_text(html: &str) -> Result<String, RenderError> {
+    // A wrapped URL is a broken link, so links may overrun the width.
+    html2text::config::plain()
+        .no_link_wrapping()
+        .allow_width_overflow()
+        .string_from_read(html.as_bytes(), TEXT_WIDTH)
+        .map_err(|e| RenderError::Text(e.to_string()))
+}
+
+pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn inline_css(html: &str) -> Result<String, RenderError> {
+pub(crate) fn inline_css(html: &str) -> Result<String, RenderError> {
     // Remote stylesheets stay unloaded: fetching URLs named by a template
     // while sending would let template authors make the mailer do requests.
     // `@media` rules cannot be inlined, so they stay in a `<style>` block for

@@ -129,21 +129,31 @@ pub(crate) enum Shape {
 pub struct Template {
     env: Environment<'static>,
     has_text: bool,
+    /// How to render it for many members of one alert quickly, when the
+    /// template allows (see [`crate::prepared`]).
+    pub(crate) plan: Option<crate::prepared::SlotPlan>,
+}
+
+/// The environment every template part is compiled in: strict about
+/// undefined values, fuelled, HTML-escaping only the HTML part.
+pub(crate) fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(RENDER_FUEL));
+    env.set_auto_escape_callback(|name| {
+        if name == TemplatePart::Html.as_str() {
+            AutoEscape::Html
+        } else {
+            AutoEscape::None
+        }
+    });
+    env
 }
 
 impl Template {
     /// Compiles the three parts; reports syntax errors and oversized parts.
     pub fn compile(source: &TemplateSource) -> Result<Self, Vec<TemplateError>> {
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_fuel(Some(RENDER_FUEL));
-        env.set_auto_escape_callback(|name| {
-            if name == TemplatePart::Html.as_str() {
-                AutoEscape::Html
-            } else {
-                AutoEscape::None
-            }
-        });
+        let mut env = environment();
         let mut errors = Vec::new();
         for (part, text) in parts(source) {
             let limit = match part {
@@ -166,6 +176,7 @@ impl Template {
             Ok(Self {
                 env,
                 has_text: source.text.is_some(),
+                plan: crate::prepared::SlotPlan::build(source),
             })
         } else {
             Err(errors)

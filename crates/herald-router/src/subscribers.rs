@@ -5,17 +5,16 @@
 //!   because the address bounced before, a spam report and an unsubscribe
 //!   suppress the address; an unsubscribe also records that the member (the
 //!   `member_id` custom arg) no longer gets brand alerts.
-//! - [`StatsHandler`] on `herald.stats`: delivered, open, click and bounce
-//!   events count toward their brand alert (the `alert_id` custom arg), as
-//!   `GET /api/brand-alerts/{id}/stats` shows them.
+//! - [`StatsHandler`] on `herald.stats`: events of a brand alert (the
+//!   `alert_id` custom arg) count toward its statistics by type (delivered,
+//!   open, click, bounce, ...), as `GET /api/brand-alerts/{id}/stats` shows
+//!   them, and toward its chart over time on the alert's page.
 //!
 //! Delivery is at least once, so both are idempotent: suppressing and
 //! unsubscribing again change nothing, and the statistics count an event
-//! only if the store had not marked it counted before. The mark is written
-//! before the count, so a process killed between the two loses that one
-//! count rather than counting it twice.
+//! only if the store had not marked it counted before; the mark and the
+//! counts are written in one transaction, so each event counts exactly once.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -302,28 +301,15 @@ impl StatsHandler {
 #[async_trait]
 impl EventHandler for StatsHandler {
     async fn handle(&self, events: &[EmailEvent]) -> Result<(), SubscriberError> {
-        let counted: Vec<(&EmailEvent, String)> = events
+        let keys: Vec<EventKey> = events
             .iter()
-            .filter_map(|e| alert_id(e).map(|alert| (e, alert)))
+            .filter(|e| alert_id(e).is_some())
+            .map(EventKey::of)
             .collect();
-        if counted.is_empty() {
+        if keys.is_empty() {
             return Ok(());
         }
-        let keys: Vec<EventKey> = counted.iter().map(|(e, _)| EventKey::of(e)).collect();
-        let fresh = self.store.email_events().mark_stats_counted(&keys).await?;
-        let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-        for i in fresh {
-            let (event, alert) = &counted[i];
-            *counts
-                .entry((alert.as_str(), event.event_type.as_str()))
-                .or_insert(0) += 1;
-        }
-        for ((alert, event_type), count) in counts {
-            self.store
-                .brand_alerts()
-                .add_event_count(alert, event_type, count)
-                .await?;
-        }
+        self.store.brand_alerts().count_events(&keys).await?;
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ use herald_core::{Clock, SystemClock};
 use herald_server::AppState;
 use herald_store::brand_alerts::BrandAlertFilter;
 use herald_store::catalog::{NewSale, NewTemplate};
+use herald_store::email_events::EventKey;
 use herald_store::users::{LockoutPolicy, NewUser, UserRole};
 use herald_store::Store;
 use herald_web::{SecureCookies, WebSettings, WebState};
@@ -587,15 +588,21 @@ async fn the_alert_page_charts_its_events_over_time_and_the_tail_follows_all_ale
 
     let hour = 3_600_000;
     let at = 1_714_557_600_000;
-    ui.store
-        .email_events()
-        .insert(&[
-            email_event("d1", EventType::Delivered, &alert.id, at),
-            email_event("o1", EventType::Open, &alert.id, at + 3 * hour),
-            email_event("x1", EventType::Delivered, "another-alert", at),
-        ])
-        .await
-        .unwrap();
+    let events = [
+        email_event("d1", EventType::Delivered, &alert.id, at),
+        email_event("o1", EventType::Open, &alert.id, at + 3 * hour),
+        email_event("x1", EventType::Delivered, "another-alert", at),
+    ];
+    ui.store.email_events().insert(&events).await.unwrap();
+    // Stored, the chart waits for the stats subscriber to count them.
+    let page = body(
+        ui.get(&format!("/ui/alerts/{}", alert.id), Some(&session))
+            .await,
+    )
+    .await;
+    assert!(!page.contains("chart-over-time"), "not counted yet");
+    let keys: Vec<_> = events.iter().map(EventKey::of).collect();
+    ui.store.brand_alerts().count_events(&keys).await.unwrap();
     let page = body(
         ui.get(&format!("/ui/alerts/{}", alert.id), Some(&session))
             .await,

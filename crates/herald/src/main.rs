@@ -8,6 +8,9 @@ use herald::config::Config;
 use herald::roles::Roles;
 use herald::{commands, telemetry};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {

@@ -10,8 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_alerts::{AudienceSettings, AudienceWorker, BuildOutcome, EmailJob, Step, EMAIL_QUEUE};
 use herald_bus::{
-    AckOutcome, Bus, BusError, BusResult, Delivery, MessageId, OutgoingMessage, PeekedMessage,
-    QueueConfig, QueueInfo, QueueStats, Receipt, ReceiveOptions, Subscription,
+    AckOutcome, Bus, BusError, BusResult, Committed, Delivery, MessageId, OutgoingMessage,
+    PeekedMessage, QueueConfig, QueueInfo, QueueStats, Receipt, ReceiveOptions, Subscription,
+    WriteBatch,
 };
 use herald_core::alert::{AlertAction, AlertState};
 use herald_core::{QueueName, Timestamp, TopicName};
@@ -373,6 +374,10 @@ impl Bus for FaultyBus {
             }
             Fault::HangBeforeSend => std::future::pending().await,
         }
+    }
+
+    async fn commit(&self, batch: WriteBatch) -> BusResult<Committed> {
+        self.inner.commit(batch).await
     }
 
     async fn receive(

@@ -234,10 +234,13 @@ async fn a_mailer_killed_mid_send_resends_only_what_was_in_flight(env: TestEnv) 
             .run(CancellationToken::new()),
     );
     stuck.wait_held(concurrency).await;
+    assert_eq!(stuck.held(), concurrency, "a permit per send in flight");
     running.abort();
     assert!(running.await.is_err_and(|e| e.is_cancelled()));
+    // Unlike SIGKILL, aborting the tasks is not instant: a batch task not yet
+    // cancelled can start a send with a permit that an aborted one freed.
+    // Such a send reached the provider too, so it counts as in flight.
     let in_flight = stuck.held();
-    assert_eq!(in_flight, concurrency, "a permit per send in flight");
     let before_restart = sink.len();
 
     let mailer = env.mailer(Arc::new(CaptureTransport::new(sink.clone())), settings);

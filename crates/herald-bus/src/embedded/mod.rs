@@ -29,22 +29,24 @@ use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+mod dedup;
 mod sql;
 mod tx;
 mod writer;
 
 pub use self::tx::EmbeddedTx;
 
+use self::dedup::{DedupSweep, NewRecord};
 use self::sql::{
     ack_all_sql, ack_sql, insert_sql, send_sql, Packed, SendShape, DELETE_SEQS, LEASED_SEQS,
-    MOVE_MESSAGES, NEXT_VISIBLE, QUEUE_BY_NAME, RECEIVE, TOPIC_SUBSCRIPTIONS,
+    MOVE_MESSAGES, NEXT_VISIBLE, QUEUES_BY_NAME, QUEUE_BY_NAME, RECEIVE, TOPIC_SUBSCRIPTIONS,
 };
 use self::writer::{Writer, WriterConn};
 use crate::wire::{attributes_json, new_message_id, parse_receipt, receipt, Lease};
 use crate::{
-    AckOutcome, Attributes, Bus, BusError, BusResult, DeadLetterInfo, Delivery, FilterPolicy,
-    MessageId, OutgoingMessage, PeekedMessage, QueueConfig, QueueInfo, QueueStats, Receipt,
-    ReceiveOptions, Subscription,
+    AckOutcome, Attributes, Bus, BusError, BusResult, Committed, DeadLetterInfo, Delivery,
+    FilterPolicy, MessageId, OutgoingMessage, PeekedMessage, QueueConfig, QueueInfo, QueueStats,
+    Receipt, ReceiveOptions, Subscription, WriteBatch,
 };
 
 /// The name errors carry: the engine that failed.
@@ -63,14 +65,12 @@ const ACK_CHUNK: usize = 500;
 /// process wrote to the same file (its sends cannot wake this process).
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// Expired dedup records removed per send, so clean-up cost stays bounded.
-const DEDUP_PRUNE: i64 = 1000;
-
 /// Queues and topics in a SQLite file, shared with the store.
 pub struct EmbeddedBus {
     db: SqliteDb,
     writer: Writer,
     clock: SystemClock,
+    sweep: DedupSweep,
     /// One wake-up per queue name for long polls waiting in this process.
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
 }
@@ -182,6 +182,41 @@ async fn load_queue(
         .ok_or_else(|| BusError::QueueNotFound(name.clone()))
 }
 
+/// The rows of `names`, in their order, read with one statement.
+async fn load_queues(
+    conn: &mut SqliteConnection,
+    operation: &'static str,
+    names: &[&QueueName],
+) -> BusResult<Vec<QueueRow>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+    let list = serde_json::to_string(&list).map_err(|e| corrupt(operation, e))?;
+    let rows = sqlx::query(QUEUES_BY_NAME)
+        .bind(list)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err(operation))?;
+    let mut found: HashMap<String, SqliteRow> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        found.insert(row.try_get("name").map_err(db_err(operation))?, row);
+    }
+    names
+        .iter()
+        .map(|&name| {
+            let row = found
+                .get(name.as_str())
+                .ok_or_else(|| BusError::QueueNotFound(name.clone()))?;
+            Ok(QueueRow {
+                id: row.try_get("id").map_err(db_err(operation))?,
+                name: name.clone(),
+                config: queue_config(operation, row)?,
+            })
+        })
+        .collect()
+}
+
 async fn queue_exists(
     conn: &mut SqliteConnection,
     operation: &'static str,
@@ -236,62 +271,105 @@ async fn ensure_dead_letter_queue(
         .map_err(db_err(operation))
 }
 
-/// Stores `messages` in `queue` (dedup keys honoured); returns one id per
-/// message, in order. The caller owns the transaction.
+/// Messages bound for one queue of a write.
+struct Target<'a> {
+    queue: &'a QueueRow,
+    messages: Vec<&'a OutgoingMessage>,
+}
+
+/// Stores each target's messages (dedup keys honoured) with one multi-row
+/// statement per chunk, whatever their queues; returns one id per message,
+/// per target, in order. The caller owns the transaction.
 async fn insert_messages(
     conn: &mut SqliteConnection,
     operation: &'static str,
-    queue: &QueueRow,
-    messages: &[&OutgoingMessage],
+    targets: &[Target<'_>],
+    sweep: &DedupSweep,
     now: Timestamp,
-) -> BusResult<Vec<MessageId>> {
-    let limit = queue.config.max_body_bytes;
-    if let Some(big) = messages.iter().find(|m| m.body.len() > limit) {
-        return Err(BusError::BodyTooLarge {
-            queue: queue.name.clone(),
-            size: big.body.len(),
-            limit,
-        });
+) -> BusResult<Vec<Vec<MessageId>>> {
+    for target in targets {
+        let limit = target.queue.config.max_body_bytes;
+        if let Some(big) = target.messages.iter().find(|m| m.body.len() > limit) {
+            return Err(BusError::BodyTooLarge {
+                queue: target.queue.name.clone(),
+                size: big.body.len(),
+                limit,
+            });
+        }
     }
 
-    let mut ids = Vec::with_capacity(messages.len());
-    let mut fresh = Vec::with_capacity(messages.len());
-    let mut new_keys: Vec<(&str, usize)> = Vec::new();
-    if messages.iter().any(|m| m.dedup_key.is_some()) {
-        let known = known_dedup_keys(conn, operation, queue.id, messages, now).await?;
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        for (i, m) in messages.iter().enumerate() {
-            let Some(key) = m.dedup_key.as_deref() else {
-                ids.push(new_message_id());
-                fresh.push(i);
-                continue;
-            };
-            if let Some(id) = known.get(key) {
-                ids.push(MessageId(id.clone()));
-            } else if let Some(&first) = seen.get(key) {
-                ids.push(ids[first].clone());
-            } else {
-                seen.insert(key, i);
-                new_keys.push((key, i));
-                ids.push(new_message_id());
-                fresh.push(i);
+    let mut ids: Vec<Vec<MessageId>> = targets
+        .iter()
+        .map(|t| t.messages.iter().map(|_| new_message_id()).collect())
+        .collect();
+    // (target, message) of every message to store, in order.
+    let mut fresh: Vec<(usize, usize)> = Vec::new();
+    // Same key twice in one target: the later message takes the first id.
+    let mut repeats: Vec<(usize, usize, usize)> = Vec::new();
+    // The first message of each key, whose record is claimed.
+    let mut claims: Vec<(usize, usize)> = Vec::new();
+    for (t, target) in targets.iter().enumerate() {
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        for (i, m) in target.messages.iter().enumerate() {
+            match m.dedup_key.as_deref() {
+                None => fresh.push((t, i)),
+                Some(key) => match first.get(key) {
+                    Some(&earlier) => repeats.push((t, i, earlier)),
+                    None => {
+                        first.insert(key, i);
+                        if !target.queue.config.dedup_window.is_zero() {
+                            claims.push((t, i));
+                        }
+                        fresh.push((t, i));
+                    }
+                },
             }
         }
-    } else {
-        ids.extend(messages.iter().map(|_| new_message_id()));
-        fresh.extend(0..messages.len());
+    }
+
+    if !claims.is_empty() {
+        sweep.sweep(conn, operation, claims.len(), now).await?;
+        let records: Vec<NewRecord<'_>> = claims
+            .iter()
+            .map(|&(t, i)| NewRecord {
+                queue_id: targets[t].queue.id,
+                key: targets[t].messages[i]
+                    .dedup_key
+                    .as_deref()
+                    .unwrap_or_default(),
+                message_id: ids[t][i].0.as_str(),
+                expires_at: now.plus(targets[t].queue.config.dedup_window),
+            })
+            .collect();
+        let known = dedup::claim(conn, operation, &records, now).await?;
+        if !known.is_empty() {
+            let mut taken: HashMap<(usize, usize), MessageId> = HashMap::new();
+            for &(t, i) in &claims {
+                let key = targets[t].messages[i].dedup_key.clone().unwrap_or_default();
+                if let Some(id) = known.get(&(targets[t].queue.id, key)) {
+                    taken.insert((t, i), MessageId(id.clone()));
+                }
+            }
+            fresh.retain(|at| !taken.contains_key(at));
+            for ((t, i), id) in taken {
+                ids[t][i] = id;
+            }
+        }
+    }
+    for (t, i, earlier) in repeats {
+        ids[t][i] = ids[t][earlier].clone();
     }
 
     for chunk in fresh.chunks(INSERT_CHUNK) {
         let sql = insert_sql(chunk.len());
         let mut query = sqlx::query(&sql);
-        for &i in chunk {
-            let m = messages[i];
+        for &(t, i) in chunk {
+            let m = targets[t].messages[i];
             let ready_at = m.delay.map_or(now, |d| now.plus(d));
             query = query
-                .bind(queue.id)
+                .bind(targets[t].queue.id)
                 .bind(now.0)
-                .bind(ids[i].0.as_str())
+                .bind(ids[t][i].0.as_str())
                 .bind(&m.body[..])
                 .bind(attributes_json(&m.attributes)?)
                 .bind(m.group.as_deref())
@@ -299,35 +377,9 @@ async fn insert_messages(
         }
         query.execute(&mut *conn).await.map_err(db_err(operation))?;
     }
-
-    if !new_keys.is_empty() && !queue.config.dedup_window.is_zero() {
-        let records: Vec<(&str, &str)> = new_keys
-            .iter()
-            .map(|&(key, i)| (key, ids[i].0.as_str()))
-            .collect();
-        let records = serde_json::to_string(&records).map_err(|e| BusError::InvalidArgument {
-            field: "dedup_key",
-            message: e.to_string(),
-        })?;
-        sqlx::query(
-            "INSERT INTO bus_dedup (queue_id, dedup_key, message_id, expires_at) \
-             SELECT ?1, value ->> 0, value ->> 1, ?2 FROM json_each(?3) WHERE true \
-             ON CONFLICT (queue_id, dedup_key) DO UPDATE \
-             SET message_id = excluded.message_id, expires_at = excluded.expires_at",
-        )
-        .bind(queue.id)
-        .bind(now.plus(queue.config.dedup_window).0)
-        .bind(records)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err(operation))?;
-    }
     Ok(ids)
 }
 
-/// Live dedup records for the keys of `messages`: key → first message id.
-/// Also drops a bounded number of expired records, so the table stays small
-/// without a sweeper.
 /// Moves the messages `seqs_json` names to the queue `target_id`, in their
 /// order, and deletes the originals. A dead-letter move keeps the delivery
 /// history (`keep_history`); a redrive starts it afresh.
@@ -357,44 +409,6 @@ async fn move_messages(
     Ok(())
 }
 
-async fn known_dedup_keys(
-    conn: &mut SqliteConnection,
-    operation: &'static str,
-    queue_id: i64,
-    messages: &[&OutgoingMessage],
-    now: Timestamp,
-) -> BusResult<HashMap<String, String>> {
-    sqlx::query(
-        "DELETE FROM bus_dedup WHERE rowid IN \
-         (SELECT rowid FROM bus_dedup WHERE expires_at <= ?1 LIMIT ?2)",
-    )
-    .bind(now.0)
-    .bind(DEDUP_PRUNE)
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err(operation))?;
-    let keys: Vec<&str> = messages
-        .iter()
-        .filter_map(|m| m.dedup_key.as_deref())
-        .collect();
-    let keys = serde_json::to_string(&keys).map_err(|e| BusError::InvalidArgument {
-        field: "dedup_key",
-        message: e.to_string(),
-    })?;
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT dedup_key, message_id FROM bus_dedup \
-         WHERE queue_id = ?1 AND expires_at > ?2 \
-           AND dedup_key IN (SELECT value FROM json_each(?3))",
-    )
-    .bind(queue_id)
-    .bind(now.0)
-    .bind(keys)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_err(operation))?;
-    Ok(rows.into_iter().collect())
-}
-
 impl EmbeddedBus {
     /// A bus on an open, migrated store database.
     pub fn new(db: SqliteDb) -> Self {
@@ -402,6 +416,7 @@ impl EmbeddedBus {
             writer: Writer::new(db.writer.clone()),
             db,
             clock: SystemClock,
+            sweep: DedupSweep::default(),
             wakers: Mutex::new(HashMap::new()),
         }
     }
@@ -700,6 +715,89 @@ fn decode_peeked(row: &SqliteRow) -> BusResult<PeekedMessage> {
     })
 }
 
+/// The subscribed queues with the messages each filter lets through (by
+/// index), in subscription order; queues that match nothing are left out.
+async fn route_to_subscribers(
+    conn: &mut SqliteConnection,
+    operation: &'static str,
+    subscriptions: Vec<(String, String)>,
+    messages: &[OutgoingMessage],
+) -> BusResult<Vec<(QueueRow, Vec<usize>)>> {
+    let mut routed = Vec::new();
+    for (queue, filter) in subscriptions {
+        let filter: FilterPolicy = serde_json::from_str(&filter)
+            .map_err(|e| corrupt(operation, format!("filter ({e})")))?;
+        let matching: Vec<usize> = (0..messages.len())
+            .filter(|&i| filter.matches(&messages[i].attributes))
+            .collect();
+        if matching.is_empty() {
+            continue;
+        }
+        let queue = QueueName::parse(queue).map_err(|e| corrupt(operation, e))?;
+        routed.push((load_queue(conn, operation, &queue).await?, matching));
+    }
+    Ok(routed)
+}
+
+/// The ids of a publish's copies, message by message.
+fn copies_by_message(
+    messages: usize,
+    routed: &[(QueueRow, Vec<usize>)],
+    ids: Vec<Vec<MessageId>>,
+) -> Vec<MessageId> {
+    let mut copies: Vec<Vec<MessageId>> = vec![Vec::new(); messages];
+    for ((_, matching), ids) in routed.iter().zip(ids) {
+        for (&i, id) in matching.iter().zip(ids) {
+            copies[i].push(id);
+        }
+    }
+    copies.into_iter().flatten().collect()
+}
+
+/// Acks every one of `leased` in the caller's transaction, or fails with
+/// the first stale receipt (the caller then rolls back) or QueueNotFound.
+async fn ack_all_or_fail(
+    tx: &mut SqliteConnection,
+    queue: &QueueName,
+    leased: &[(Lease, Receipt)],
+) -> BusResult<()> {
+    const OP: &str = "commit (ack)";
+    for chunk in leased.chunks(ACK_CHUNK) {
+        let sql = ack_all_sql(chunk.len());
+        let mut query = sqlx::query(&sql);
+        for (lease, _) in chunk {
+            query = query.bind(lease.seq).bind(lease.token);
+        }
+        let acked = query
+            .bind(queue.as_str())
+            .bind(chunk.len() as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(OP))?
+            .rows_affected();
+        if acked == chunk.len() as u64 {
+            continue;
+        }
+        let q = load_queue(tx, OP, queue).await?;
+        let pairs: Vec<(i64, i64)> = chunk.iter().map(|(l, _)| (l.seq, l.token)).collect();
+        let pairs = serde_json::to_string(&pairs).map_err(|e| corrupt(OP, e))?;
+        let current: HashSet<i64> = sqlx::query_scalar(LEASED_SEQS)
+            .bind(pairs)
+            .bind(q.id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err(OP))?
+            .into_iter()
+            .collect();
+        let stale = chunk
+            .iter()
+            .find(|(l, _)| !current.contains(&l.seq))
+            .map_or_else(|| chunk[0].1.clone(), |(_, r)| r.clone());
+        return Err(BusError::StaleReceipt(stale));
+    }
+    Ok(())
+}
+
 async fn begin<'c>(
     conn: &'c mut SqliteConnection,
     operation: &'static str,
@@ -786,6 +884,12 @@ impl Bus for EmbeddedBus {
             .execute(&mut *tx)
             .await
             .map_err(db_err(OP))?;
+        // Dedup records have no foreign key to cascade (see dedup.rs).
+        sqlx::query("DELETE FROM bus_dedup WHERE queue_id = ?1")
+            .bind(q.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(OP))?;
         sqlx::query("DELETE FROM bus_queues WHERE id = ?1")
             .bind(q.id)
             .execute(&mut *tx)
@@ -833,13 +937,64 @@ impl Bus for EmbeddedBus {
                 let mut conn = self.writer(OP).await?;
                 let mut tx = begin(&mut conn, OP).await?;
                 let q = load_queue(&mut tx, OP, queue).await?;
-                let refs: Vec<&OutgoingMessage> = messages.iter().collect();
-                let ids = insert_messages(&mut tx, OP, &q, &refs, now).await?;
+                let target = Target {
+                    queue: &q,
+                    messages: messages.iter().collect(),
+                };
+                let ids = insert_messages(&mut tx, OP, &[target], &self.sweep, now).await?;
                 tx.commit().await.map_err(db_err(OP))?;
-                ids
+                ids.into_iter().flatten().collect()
             };
         self.wake(queue.as_str());
         Ok(ids)
+    }
+
+    async fn commit(&self, batch: WriteBatch) -> BusResult<Committed> {
+        const OP: &str = "commit";
+        let (sends, acks) = batch.into_parts();
+        // Every receipt is read before anything is written.
+        let mut leases: Vec<(QueueName, Vec<(Lease, Receipt)>)> = Vec::with_capacity(acks.len());
+        for (queue, receipts) in acks {
+            let mut unique = HashSet::with_capacity(receipts.len());
+            let mut parsed = Vec::with_capacity(receipts.len());
+            for r in receipts {
+                let lease = parse_receipt("embedded", &r)?;
+                if unique.insert((lease.seq, lease.token)) {
+                    parsed.push((lease, r));
+                }
+            }
+            leases.push((queue, parsed));
+        }
+        let now = self.clock.now();
+        let mut conn = self.writer(OP).await?;
+        let mut tx = begin(&mut conn, OP).await?;
+        let names: Vec<&QueueName> = sends.iter().map(|(q, _)| q).collect();
+        let rows = load_queues(&mut tx, OP, &names).await?;
+        let targets: Vec<Target<'_>> = rows
+            .iter()
+            .zip(&sends)
+            .map(|(queue, (_, messages))| Target {
+                queue,
+                messages: messages.iter().collect(),
+            })
+            .collect();
+        let ids = insert_messages(&mut tx, OP, &targets, &self.sweep, now).await?;
+        for (queue, leased) in &leases {
+            ack_all_or_fail(&mut tx, queue, leased).await?;
+        }
+        tx.commit().await.map_err(db_err(OP))?;
+        for (queue, messages) in &sends {
+            if !messages.is_empty() {
+                self.wake(queue.as_str());
+            }
+        }
+        for (queue, leased) in &leases {
+            if leased.iter().any(|(l, _)| l.grouped) {
+                // The next message of an acked group just became receivable.
+                self.wake(queue.as_str());
+            }
+        }
+        Ok(sends.into_iter().map(|(q, _)| q).zip(ids).collect())
     }
 
     async fn receive(
@@ -1191,32 +1346,21 @@ impl Bus for EmbeddedBus {
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err(OP))?;
-        // Copies per message, so the ids come back message by message.
-        let mut copies: Vec<Vec<MessageId>> = vec![Vec::new(); messages.len()];
-        let mut targets = Vec::new();
-        for (queue, filter) in subs {
-            let filter: FilterPolicy =
-                serde_json::from_str(&filter).map_err(|e| corrupt(OP, format!("filter ({e})")))?;
-            let matching: Vec<usize> = (0..messages.len())
-                .filter(|&i| filter.matches(&messages[i].attributes))
-                .collect();
-            if matching.is_empty() {
-                continue;
-            }
-            let queue = QueueName::parse(queue).map_err(|e| corrupt(OP, e))?;
-            let q = load_queue(&mut tx, OP, &queue).await?;
-            let refs: Vec<&OutgoingMessage> = matching.iter().map(|&i| &messages[i]).collect();
-            let ids = insert_messages(&mut tx, OP, &q, &refs, now).await?;
-            for (i, id) in matching.into_iter().zip(ids) {
-                copies[i].push(id);
-            }
-            targets.push(queue);
-        }
+        let routed = route_to_subscribers(&mut tx, OP, subs, &messages).await?;
+        let targets: Vec<Target<'_>> = routed
+            .iter()
+            .map(|(q, matching)| Target {
+                queue: q,
+                messages: matching.iter().map(|&i| &messages[i]).collect(),
+            })
+            .collect();
+        let ids = insert_messages(&mut tx, OP, &targets, &self.sweep, now).await?;
+        let copies = copies_by_message(messages.len(), &routed, ids);
         tx.commit().await.map_err(db_err(OP))?;
-        for queue in &targets {
-            self.wake(queue.as_str());
+        for (queue, _) in &routed {
+            self.wake(queue.name.as_str());
         }
-        Ok(copies.into_iter().flatten().collect())
+        Ok(copies)
     }
 }
 

@@ -107,6 +107,11 @@ fn push_groups(sql: &mut String, rows: usize, group: &str) {
     }
 }
 
+/// The queues named in the JSON array `?1`.
+pub(super) const QUEUES_BY_NAME: &str = "SELECT name, id, max_receives, dead_letter_queue, \
+     dedup_window_ms, max_body_bytes FROM bus_queues \
+     WHERE name IN (SELECT value FROM json_each(?1))";
+
 pub(super) const QUEUE_BY_NAME: &str = "SELECT id, max_receives, dead_letter_queue, \
      dedup_window_ms, max_body_bytes FROM bus_queues WHERE name = ?1";
 

@@ -15,12 +15,15 @@
 
 use std::collections::BTreeSet;
 
-use herald_core::{Clock, QueueName, TopicName};
+use herald_core::{Clock, TopicName};
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use super::sql::TOPIC_SUBSCRIPTIONS;
-use super::{check_topic, corrupt, db_err, insert_messages, load_queue, EmbeddedBus};
-use crate::{BusResult, FilterPolicy, MessageId, OutgoingMessage};
+use super::{
+    check_topic, copies_by_message, db_err, insert_messages, route_to_subscribers, EmbeddedBus,
+    Target,
+};
+use crate::{BusResult, MessageId, OutgoingMessage};
 
 /// A transaction on the store's writer connection that can also publish.
 pub struct EmbeddedTx<'b> {
@@ -79,26 +82,18 @@ impl EmbeddedTx<'_> {
             .fetch_all(&mut *conn)
             .await
             .map_err(db_err(OP))?;
-        let mut copies: Vec<Vec<MessageId>> = vec![Vec::new(); messages.len()];
-        for (queue, filter) in subs {
-            let filter: FilterPolicy =
-                serde_json::from_str(&filter).map_err(|e| corrupt(OP, format!("filter ({e})")))?;
-            let matching: Vec<usize> = (0..messages.len())
-                .filter(|&i| filter.matches(&messages[i].attributes))
-                .collect();
-            if matching.is_empty() {
-                continue;
-            }
-            let queue = QueueName::parse(queue).map_err(|e| corrupt(OP, e))?;
-            let q = load_queue(conn, OP, &queue).await?;
-            let refs: Vec<&OutgoingMessage> = matching.iter().map(|&i| &messages[i]).collect();
-            let ids = insert_messages(conn, OP, &q, &refs, now).await?;
-            for (i, id) in matching.into_iter().zip(ids) {
-                copies[i].push(id);
-            }
-            self.targets.insert(queue.as_str().to_owned());
-        }
-        Ok(copies.into_iter().flatten().collect())
+        let routed = route_to_subscribers(conn, OP, subs, messages).await?;
+        let targets: Vec<Target<'_>> = routed
+            .iter()
+            .map(|(q, matching)| Target {
+                queue: q,
+                messages: matching.iter().map(|&i| &messages[i]).collect(),
+            })
+            .collect();
+        let ids = insert_messages(conn, OP, &targets, &self.bus.sweep, now).await?;
+        self.targets
+            .extend(routed.iter().map(|(q, _)| q.name.as_str().to_owned()));
+        Ok(copies_by_message(messages.len(), &routed, ids))
     }
 
     /// Commits the caller's writes and the published messages together,
@@ -115,6 +110,8 @@ impl EmbeddedTx<'_> {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use herald_core::QueueName;
 
     use super::*;
     use crate::{Bus, ReceiveOptions, Subscription};

@@ -50,16 +50,16 @@ use self::listener::Wakers;
 use self::sql::{
     ACK, CLAIM_DEDUP_KEYS, COPY_MESSAGES, DEDUP_RECORDS, DELETE_LOCKED_MESSAGES, DELETE_SEQS,
     EXTEND, INSERT_DEAD_LETTER_QUEUE, INSERT_MESSAGES, LIST_QUEUES, LOCK_GROUPS,
-    LOCK_GROUPS_OF_MOVE, LOCK_GROUPS_OF_QUEUE, LOCK_GROUPS_OF_SEQS, LOCK_LEASED, LOCK_SEQS, NACK,
-    NEXT_VISIBLE, NOTIFY_QUEUES, OLDEST_SEQS, PEEK, PRUNE_DEDUP, QUEUE_BY_NAME, QUEUE_ID, RECEIVE,
-    SEND, STATS, TOPIC_SUBSCRIPTIONS, UPSERT_QUEUE,
+    LOCK_GROUPS_OF_COMMIT, LOCK_GROUPS_OF_MOVE, LOCK_GROUPS_OF_QUEUE, LOCK_GROUPS_OF_SEQS,
+    LOCK_LEASED, LOCK_SEQS, NACK, NEXT_VISIBLE, NOTIFY_QUEUES, OLDEST_SEQS, PEEK, PRUNE_DEDUP,
+    QUEUE_BY_NAME, QUEUE_ID, RECEIVE, SEND, STATS, TOPIC_SUBSCRIPTIONS, UPSERT_QUEUE,
 };
 use crate::embedded::MAX_RECEIVE;
 use crate::wire::{attributes_json, new_message_id, parse_receipt, receipt, Lease};
 use crate::{
-    AckOutcome, Attributes, Bus, BusError, BusResult, DeadLetterInfo, Delivery, FilterPolicy,
-    MessageId, OutgoingMessage, PeekedMessage, QueueConfig, QueueInfo, QueueStats, Receipt,
-    ReceiveOptions, Subscription,
+    AckOutcome, Attributes, Bus, BusError, BusResult, Committed, DeadLetterInfo, Delivery,
+    FilterPolicy, MessageId, OutgoingMessage, PeekedMessage, QueueConfig, QueueInfo, QueueStats,
+    Receipt, ReceiveOptions, Subscription, WriteBatch,
 };
 
 /// The name errors carry: the engine that failed.
@@ -853,6 +853,109 @@ impl Bus for PostgresBus {
         } else {
             self.send_locked(queue, &messages).await
         }
+    }
+
+    async fn commit(&self, batch: WriteBatch) -> BusResult<Committed> {
+        const OP: &str = "commit";
+        let (sends, acks) = batch.into_parts();
+        // Every receipt is read before anything is written.
+        let mut leases: Vec<(QueueName, Vec<(Lease, Receipt)>)> = Vec::with_capacity(acks.len());
+        for (queue, receipts) in acks {
+            let mut unique = HashSet::with_capacity(receipts.len());
+            let mut parsed = Vec::with_capacity(receipts.len());
+            for r in receipts {
+                let lease = parse_receipt(BACKEND, &r)?;
+                if unique.insert((lease.seq, lease.token)) {
+                    parsed.push((lease, r));
+                }
+            }
+            leases.push((queue, parsed));
+        }
+        if sends
+            .iter()
+            .any(|(_, messages)| messages.iter().any(|m| m.dedup_key.is_some()))
+        {
+            // Outside the transaction, as in send_locked.
+            sqlx::query(PRUNE_DEDUP)
+                .bind(DEDUP_PRUNE)
+                .execute(&self.db.pool)
+                .await
+                .map_err(db_err(OP))?;
+        }
+        let mut tx = self.begin(OP).await?;
+        let mut targets: Vec<(QueueRow, Vec<&OutgoingMessage>)> = Vec::with_capacity(sends.len());
+        for (queue, messages) in &sends {
+            let q = load_queue(&mut tx, OP, queue).await?;
+            let refs: Vec<&OutgoingMessage> = messages.iter().collect();
+            check_body_sizes(&q, &refs)?;
+            targets.push((q, refs));
+        }
+        // Every group lock up front, in the one global order: the groups
+        // sent to and the groups of the acked messages.
+        let (queue_ids, groups): (Vec<i64>, Vec<&str>) = targets
+            .iter()
+            .flat_map(|(q, refs)| group_pairs(q, refs))
+            .unzip();
+        let grouped: Vec<i64> = leases
+            .iter()
+            .flat_map(|(_, leased)| leased.iter())
+            .filter(|(l, _)| l.grouped)
+            .map(|(l, _)| l.seq)
+            .collect();
+        if !queue_ids.is_empty() || !grouped.is_empty() {
+            sqlx::query(LOCK_GROUPS_OF_COMMIT)
+                .bind(queue_ids)
+                .bind(groups)
+                .bind(&grouped)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err(OP))?;
+        }
+        let mut ids = Vec::with_capacity(targets.len());
+        for (q, refs) in &targets {
+            ids.push(insert_messages(&mut tx, OP, q, refs).await?);
+        }
+        let mut woken: Vec<&str> = sends
+            .iter()
+            .filter(|(_, messages)| !messages.is_empty())
+            .map(|(q, _)| q.as_str())
+            .collect();
+        for (queue, leased) in &leases {
+            if leased.is_empty() {
+                continue;
+            }
+            let (seqs, tokens): (Vec<i64>, Vec<i64>) =
+                leased.iter().map(|(l, _)| (l.seq, l.token)).unzip();
+            let deleted: HashSet<(i64, i64)> = sqlx::query_as::<_, (i64, i64)>(ACK)
+                .bind(queue.as_str())
+                .bind(&seqs)
+                .bind(tokens)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err(OP))?
+                .into_iter()
+                .collect();
+            if deleted.len() < leased.len() {
+                drop(tx);
+                if !self.queue_exists(OP, queue).await? {
+                    return Err(BusError::QueueNotFound(queue.clone()));
+                }
+                let stale = leased
+                    .iter()
+                    .find(|(l, _)| !deleted.contains(&(l.seq, l.token)))
+                    .map_or_else(|| leased[0].1.clone(), |(_, r)| r.clone());
+                return Err(BusError::StaleReceipt(stale));
+            }
+            if leased.iter().any(|(l, _)| l.grouped) {
+                // The next message of an acked group just became receivable.
+                woken.push(queue.as_str());
+            }
+        }
+        if !woken.is_empty() {
+            notify(&mut tx, OP, &woken).await?;
+        }
+        tx.commit().await.map_err(db_err(OP))?;
+        Ok(sends.into_iter().map(|(q, _)| q).zip(ids).collect())
     }
 
     async fn receive(

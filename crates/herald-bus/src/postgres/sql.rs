@@ -104,6 +104,14 @@ pub(super) const LOCK_GROUPS_OF_MOVE: &str = "SELECT bus_lock_groups( \
          array_agg(queue_id) || array_agg($2::BIGINT), array_agg(group_key) || array_agg(group_key)) \
      FROM bus_messages WHERE seq = ANY($1::BIGINT[]) AND group_key IS NOT NULL";
 
+/// Takes, in one go, the group locks of the (queue id, group key) pairs in
+/// `$1` and `$2` and those of the messages with seqs `$3`: a commit's sends
+/// and acks.
+pub(super) const LOCK_GROUPS_OF_COMMIT: &str = "SELECT bus_lock_groups( \
+         $1::BIGINT[] || COALESCE(array_agg(queue_id), '{}'), \
+         $2::TEXT[] || COALESCE(array_agg(group_key), '{}')) \
+     FROM bus_messages WHERE seq = ANY($3::BIGINT[]) AND group_key IS NOT NULL";
+
 /// Takes the group locks of the messages with seqs `$1`.
 pub(super) const LOCK_GROUPS_OF_SEQS: &str =
     "SELECT bus_lock_groups(array_agg(queue_id), array_agg(group_key)) \

@@ -484,3 +484,137 @@ async fn a_connection_the_server_closed_while_idle_is_replaced_without_failing_t
     }
     assert_eq!(server.counts(), (3, 3), "(connections, messages)");
 }
+
+/// What a pipelining test server saw.
+#[derive(Debug, Default)]
+struct Seen {
+    connections: usize,
+    /// Each client write, as read (a pipelined group arrives as one).
+    reads: Vec<String>,
+    /// The bodies of accepted messages, as sent after DATA (dot-stuffed).
+    bodies: Vec<String>,
+}
+
+/// A minimal SMTP server offering PIPELINING, answering each command of a
+/// group in turn; it refuses recipients whose address starts with `bad`.
+async fn pipelining_server() -> (u16, Arc<std::sync::Mutex<Seen>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    let shared = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            shared.lock().unwrap().connections += 1;
+            let seen = shared.clone();
+            tokio::spawn(async move {
+                socket.write_all(b"220 fake ESMTP\r\n").await.unwrap();
+                let mut pending = String::new();
+                let mut in_data = false;
+                let mut recipients = 0;
+                let mut buf = vec![0; 65536];
+                loop {
+                    let n = match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let chunk = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    seen.lock().unwrap().reads.push(chunk.clone());
+                    pending.push_str(&chunk);
+                    let mut out = String::new();
+                    loop {
+                        if in_data {
+                            let Some(end) = pending.find("\r\n.\r\n") else {
+                                break;
+                            };
+                            let body: String = pending.drain(..end + 5).collect();
+                            seen.lock().unwrap().bodies.push(body);
+                            out.push_str("250 2.0.0 queued\r\n");
+                            in_data = false;
+                            continue;
+                        }
+                        let Some(end) = pending.find("\r\n") else {
+                            break;
+                        };
+                        let line: String = pending.drain(..end + 2).collect();
+                        let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+                        out.push_str(match verb.as_str() {
+                            "EHLO" => "250-fake\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+                            "MAIL" => {
+                                recipients = 0;
+                                "250 2.1.0 ok\r\n"
+                            }
+                            "RCPT" if line.contains("<bad") => "550 5.1.1 no such user\r\n",
+                            "RCPT" => {
+                                recipients += 1;
+                                "250 2.1.5 ok\r\n"
+                            }
+                            "DATA" if recipients == 0 => "554 5.5.1 no valid recipients\r\n",
+                            "DATA" => {
+                                in_data = true;
+                                "354 go ahead\r\n"
+                            }
+                            "RSET" => "250 2.0.0 ok\r\n",
+                            "QUIT" => "221 bye\r\n",
+                            _ => "502 5.5.2 what\r\n",
+                        });
+                    }
+                    if !out.is_empty() && socket.write_all(out.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test]
+async fn a_pipelining_server_gets_each_message_in_two_writes() {
+    let (port, seen) = pipelining_server().await;
+    let transport = SmtpTransport::new(&config(port, SmtpSecurity::None)).unwrap();
+    let first = email("ann@example.net", "a1", "m1");
+    transport.send(&first).await.unwrap();
+    let refused = transport
+        .send(&email("bad@example.net", "a1", "m2"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            SendError::Permanent {
+                suppress_address: true,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    // The refusal left the session usable: the next message goes out on it.
+    let last = email("bob@example.net", "a1", "m3");
+    transport.send(&last).await.unwrap();
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.connections, 1, "{seen:?}");
+    assert_eq!(seen.bodies.len(), 2, "{seen:?}");
+    let groups: Vec<&String> = seen
+        .reads
+        .iter()
+        .filter(|r| r.starts_with("MAIL FROM:"))
+        .collect();
+    assert_eq!(groups.len(), 3, "{seen:?}");
+    for group in groups {
+        assert!(group.contains("\r\nRCPT TO:<"), "{group:?}");
+        assert!(group.ends_with("\r\nDATA\r\n"), "{group:?}");
+    }
+    for (body, email) in seen.bodies.iter().zip([&first, &last]) {
+        let raw = body
+            .strip_suffix("\r\n.\r\n")
+            .unwrap()
+            .replace("\r\n..", "\r\n.");
+        assert_mime_matches(raw.as_bytes(), email);
+        assert!(
+            seen.reads.iter().any(|r| r == body),
+            "the message and its closing dot came in one write"
+        );
+    }
+}

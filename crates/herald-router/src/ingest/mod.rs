@@ -29,7 +29,7 @@ use herald_core::{QueueName, TopicName};
 use herald_store::email_events::{alert_id, ALERT_ID_ARG};
 use herald_store::StoreError;
 
-pub use sinks::{EmbeddedSink, PostgresSink};
+pub use sinks::{EmbeddedSink, PostgresSink, WriterStats};
 
 /// The topic every stored email event is published to.
 pub const EMAIL_EVENTS_TOPIC: &str = "email-events";
@@ -113,8 +113,13 @@ pub trait EventSink: Send + Sync + 'static {
     async fn ingest(&self, events: Vec<EmailEvent>) -> Result<IngestOutcome, IngestError>;
 }
 
-/// The bus message for one event: the event's JSON, the attributes
-/// subscriptions filter on, and a dedup key per provider event.
+/// The bus message for one event: the event's JSON and the attributes
+/// subscriptions filter on.
+///
+/// It carries no dedup key: a sink publishes only the events its insert
+/// stored, in the insert's transaction, so the unique key of the events
+/// table already keeps a provider event to one publication, for longer than
+/// any dedup window would, and the copies save a dedup record each.
 pub fn event_message(event: &EmailEvent) -> Result<OutgoingMessage, IngestError> {
     let body = serde_json::to_vec(event).map_err(|e| BusError::InvalidArgument {
         field: "body",
@@ -122,8 +127,7 @@ pub fn event_message(event: &EmailEvent) -> Result<OutgoingMessage, IngestError>
     })?;
     let mut message = OutgoingMessage::new(body)
         .attribute("provider", event.provider.to_string())
-        .attribute("type", event.event_type.as_str())
-        .dedup_key(format!("{}:{}", event.provider, event.provider_event_id));
+        .attribute("type", event.event_type.as_str());
     if let Some(alert) = alert_id(event) {
         message = message.attribute(ALERT_ID_ARG, alert);
     }
@@ -159,4 +163,38 @@ pub async fn ensure_topology(bus: &dyn Bus, queue_config: QueueConfig) -> Result
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_core::email_event::Provider;
+    use herald_core::Timestamp;
+    use serde_json::json;
+
+    use super::*;
+
+    /// Each copy of a dedup key would cost a dedup record per subscriber
+    /// queue; the events table's unique key already publishes an event once.
+    #[test]
+    fn event_messages_carry_filter_attributes_and_no_dedup_key() {
+        let event = EmailEvent {
+            provider: Provider::SendGrid,
+            provider_event_id: "ev-1".into(),
+            event_type: EventType::Open,
+            address: "a@example.com".into(),
+            occurred_at: Timestamp(1_795_000_000_000),
+            message_id: None,
+            bounce: None,
+            tags: vec![],
+            custom_args: json!({"alert_id": "alert-7"}).as_object().unwrap().clone(),
+            raw: json!({"sg_event_id": "ev-1"}),
+        };
+        let message = event_message(&event).unwrap();
+        assert_eq!(message.dedup_key, None);
+        assert_eq!(message.attributes["provider"], "sendgrid");
+        assert_eq!(message.attributes["type"], "open");
+        assert_eq!(message.attributes[ALERT_ID_ARG], "alert-7");
+        let body: EmailEvent = serde_json::from_slice(&message.body).unwrap();
+        assert_eq!(body, event);
+    }
 }

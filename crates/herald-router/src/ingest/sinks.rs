@@ -1,12 +1,17 @@
 //! The [`EventSink`] of each store+bus pairing that shares one database.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use herald_bus::{EmbeddedBus, OutgoingMessage, PostgresBus};
 use herald_core::email_event::EmailEvent;
 use herald_core::{Clock, TopicName};
-use herald_store::email_events;
+use herald_store::email_events::{self, EventRows};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteSynchronous};
+use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{email_events_topic, event_message, EventSink, IngestError, IngestOutcome};
@@ -25,13 +30,76 @@ fn messages(events: &[EmailEvent], new: &[usize]) -> Result<Vec<OutgoingMessage>
 /// throughput grow with concurrent senders. Each request still gets its own
 /// outcome; a request whose group failed is retried alone, so one bad batch
 /// cannot fail the batches that happened to share its transaction.
+///
+/// Everything about a batch that is not a statement (the rows' JSON
+/// columns, the messages' bodies) is built by the request's own task before
+/// it queues, so that work runs on every core while the writer only writes.
+/// After each commit a task of the sink copies the committed pages from the
+/// write-ahead log into the database file on a connection of its own, so
+/// commits do not pay for checkpoints (the writer connection checkpoints
+/// only when the log outgrows `wal_autocheckpoint`, see herald-store).
 pub struct EmbeddedSink {
     requests: mpsc::Sender<GroupRequest>,
+    stats: Arc<Counters>,
+}
+
+/// A batch ready for the writer. It goes back to the request's task with
+/// the answer, so that freeing it (thousands of allocations made on that
+/// task) is not the writer's work either.
+struct Prepared {
+    rows: EventRows,
+    /// One per event, in batch order.
+    messages: Vec<OutgoingMessage>,
+}
+
+impl Prepared {
+    fn of(events: &[EmailEvent]) -> Result<Self, IngestError> {
+        Ok(Self {
+            rows: EventRows::of(events)?,
+            messages: events.iter().map(event_message).collect::<Result<_, _>>()?,
+        })
+    }
 }
 
 struct GroupRequest {
-    events: Vec<EmailEvent>,
-    reply: oneshot::Sender<Result<IngestOutcome, IngestError>>,
+    batch: Prepared,
+    reply: oneshot::Sender<Reply>,
+}
+
+struct Reply {
+    /// The indexes of the events stored (and published) now.
+    new: Result<Vec<usize>, IngestError>,
+    _batch: Prepared,
+}
+
+/// What the writer of an [`EmbeddedSink`] has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub transactions: u64,
+    /// Batches stored in them.
+    pub batches: u64,
+    /// Time spent inside the transactions, from `BEGIN` to the end of the
+    /// commit.
+    pub busy: Duration,
+}
+
+#[derive(Default)]
+struct Counters {
+    transactions: AtomicU64,
+    batches: AtomicU64,
+    busy_nanos: AtomicU64,
+}
+
+impl Counters {
+    fn record(&self, batches: usize, busy: Duration) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.batches.fetch_add(batches as u64, Ordering::Relaxed);
+        self.busy_nanos.fetch_add(
+            u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
 }
 
 /// Events one group transaction takes at most (a single larger batch still
@@ -41,12 +109,57 @@ const MAX_GROUP_EVENTS: usize = 10_000;
 const QUEUE_DEPTH: usize = 256;
 
 impl EmbeddedSink {
-    /// Starts the writer task; must be called within a Tokio runtime. The
-    /// task ends when the sink is dropped.
+    /// Starts the writer on a thread of its own and the checkpoint task;
+    /// must be called within a Tokio runtime. Both end when the sink is
+    /// dropped.
+    ///
+    /// The writer gets its own thread (and a single-threaded runtime on it)
+    /// because every statement of its transactions is a round trip to its
+    /// SQLite connection's thread: on the shared runtime each wake-up could
+    /// queue behind request tasks that verify and parse a large body for
+    /// milliseconds without yielding, and the one writer would sit idle.
     pub fn new(bus: Arc<EmbeddedBus>, clock: Arc<dyn Clock>) -> Self {
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(write_groups(bus, email_events_topic(), clock, queue));
-        Self { requests }
+        let (committed, commits) = mpsc::channel(1);
+        tokio::spawn(checkpoint_after_commits(
+            bus.db().path().to_path_buf(),
+            commits,
+        ));
+        let stats = Arc::new(Counters::default());
+        let writer = write_groups(
+            bus,
+            email_events_topic(),
+            clock,
+            queue,
+            committed,
+            stats.clone(),
+        );
+        let started = std::thread::Builder::new()
+            .name("herald-ingest-writer".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(writer),
+                    // Dropping the queue answers every request `Stopped`.
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the event writer's runtime")
+                    }
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "cannot start the event writer's thread");
+        }
+        Self { requests, stats }
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        WriterStats {
+            transactions: self.stats.transactions.load(Ordering::Relaxed),
+            batches: self.stats.batches.load(Ordering::Relaxed),
+            busy: Duration::from_nanos(self.stats.busy_nanos.load(Ordering::Relaxed)),
+        }
     }
 }
 
@@ -56,12 +169,14 @@ impl EventSink for EmbeddedSink {
         if events.is_empty() {
             return Ok(IngestOutcome::default());
         }
+        let batch = Prepared::of(&events)?;
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(GroupRequest { events, reply })
+            .send(GroupRequest { batch, reply })
             .await
             .map_err(|_| IngestError::Stopped)?;
-        answer.await.map_err(|_| IngestError::Stopped)?
+        let reply = answer.await.map_err(|_| IngestError::Stopped)?;
+        Ok(IngestOutcome::of(&events, &reply.new?))
     }
 }
 
@@ -70,65 +185,145 @@ async fn write_groups(
     topic: TopicName,
     clock: Arc<dyn Clock>,
     mut queue: mpsc::Receiver<GroupRequest>,
+    committed: mpsc::Sender<()>,
+    stats: Arc<Counters>,
 ) {
     while let Some(first) = queue.recv().await {
-        let mut size = first.events.len();
+        let mut size = first.batch.rows.len();
         let mut group = vec![first];
         while size < MAX_GROUP_EVENTS {
             match queue.try_recv() {
                 Ok(next) => {
-                    size += next.events.len();
+                    size += next.batch.rows.len();
                     group.push(next);
                 }
                 Err(_) => break,
             }
         }
-        let batches: Vec<&[EmailEvent]> = group.iter().map(|r| r.events.as_slice()).collect();
-        match write_group(&bus, &topic, clock.as_ref(), &batches).await {
-            Ok(outcomes) => {
-                for (request, outcome) in group.into_iter().zip(outcomes) {
-                    // A sender that stopped waiting is told nothing: its
-                    // provider retries and finds the events stored.
-                    let _ = request.reply.send(Ok(outcome));
+        let mut batches: Vec<&mut Prepared> = group.iter_mut().map(|r| &mut r.batch).collect();
+        match write_group(&bus, &topic, clock.as_ref(), &mut batches, &stats).await {
+            Ok(news) => {
+                // Full: a checkpoint is already due and will see this commit.
+                let _ = committed.try_send(());
+                for (request, new) in group.into_iter().zip(news) {
+                    request.answer(Ok(new));
                 }
             }
-            Err(e) if group.len() == 1 => {
-                let _ = group.remove(0).reply.send(Err(e));
-            }
+            Err(e) if group.len() == 1 => group.remove(0).answer(Err(e)),
             Err(_) => {
-                for request in group {
-                    let outcome = write_group(&bus, &topic, clock.as_ref(), &[&request.events])
-                        .await
-                        .map(|mut outcomes| outcomes.remove(0));
-                    let _ = request.reply.send(outcome);
+                for mut request in group {
+                    let new = write_group(
+                        &bus,
+                        &topic,
+                        clock.as_ref(),
+                        &mut [&mut request.batch],
+                        &stats,
+                    )
+                    .await
+                    .map(|mut news| news.remove(0));
+                    if new.is_ok() {
+                        let _ = committed.try_send(());
+                    }
+                    request.answer(new);
                 }
             }
         }
     }
 }
 
-/// Stores and publishes several batches in one transaction; one outcome per
-/// batch, in order.
+impl GroupRequest {
+    fn answer(self, new: Result<Vec<usize>, IngestError>) {
+        // A sender that stopped waiting is told nothing: its provider
+        // retries and finds the events stored.
+        let _ = self.reply.send(Reply {
+            new,
+            _batch: self.batch,
+        });
+    }
+}
+
+/// Stores and publishes several batches in one transaction; returns the
+/// indexes of each batch's new events, batch by batch. The batches are left
+/// as they came, whatever the outcome, so a failed group can be retried.
 async fn write_group(
     bus: &EmbeddedBus,
     topic: &TopicName,
     clock: &dyn Clock,
-    batches: &[&[EmailEvent]],
-) -> Result<Vec<IngestOutcome>, IngestError> {
+    batches: &mut [&mut Prepared],
+    stats: &Counters,
+) -> Result<Vec<Vec<usize>>, IngestError> {
+    let started = Instant::now();
     let now = clock.now();
     let mut tx = bus.begin_tx().await?;
-    let mut outcomes = Vec::with_capacity(batches.len());
+    let mut news = Vec::with_capacity(batches.len());
+    for batch in batches.iter() {
+        news.push(email_events::sqlite::insert_rows(tx.conn(), &batch.rows, now).await?);
+    }
+    // One publish for the group: a batch whose events are all new lends its
+    // messages (moved, not copied) and gets them back below.
     let mut messages = Vec::new();
-    for events in batches {
-        let new = email_events::sqlite::insert_new(tx.conn(), events, now).await?;
-        messages.extend(self::messages(events, &new)?);
-        outcomes.push(IngestOutcome::of(events, &new));
+    let mut lent = Vec::with_capacity(batches.len());
+    for (batch, new) in batches.iter_mut().zip(&news) {
+        let whole = new.len() == batch.messages.len();
+        if whole {
+            messages.append(&mut batch.messages);
+        } else {
+            messages.extend(new.iter().map(|&i| batch.messages[i].clone()));
+        }
+        lent.push(whole);
     }
-    if !messages.is_empty() {
-        tx.publish_batch(topic, &messages).await?;
+    let written = async {
+        if !messages.is_empty() {
+            tx.publish_batch(topic, &messages).await?;
+        }
+        tx.commit().await?;
+        Ok::<_, IngestError>(())
     }
-    tx.commit().await?;
-    Ok(outcomes)
+    .await;
+    let mut copies = messages.into_iter();
+    for ((batch, new), whole) in batches.iter_mut().zip(&news).zip(lent) {
+        let copies = copies.by_ref().take(new.len());
+        if whole {
+            batch.messages.extend(copies);
+        } else {
+            copies.for_each(drop);
+        }
+    }
+    written?;
+    stats.record(batches.len(), started.elapsed());
+    Ok(news)
+}
+
+/// Runs a passive checkpoint after each signalled commit, on a connection
+/// of its own, until the writer stops. A passive checkpoint never waits
+/// for the writer or readers; what it cannot copy yet, the next one does.
+async fn checkpoint_after_commits(path: PathBuf, mut commits: mpsc::Receiver<()>) {
+    let mut conn: Option<SqliteConnection> = None;
+    while commits.recv().await.is_some() {
+        if conn.is_none() {
+            let options = SqliteConnectOptions::new()
+                .filename(&path)
+                .synchronous(SqliteSynchronous::Normal);
+            match SqliteConnection::connect_with(&options).await {
+                Ok(opened) => conn = Some(opened),
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %path.display(), "cannot open a checkpoint connection; commits checkpoint themselves");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut *c)
+            .await
+        {
+            tracing::warn!(error = %e, "checkpoint failed; the next commit retries it");
+            conn = None;
+        }
+    }
+    if let Some(c) = conn {
+        let _ = c.close().await;
+    }
 }
 
 /// PostgreSQL store + PostgreSQL bus: one transaction in the shared database.

@@ -9,9 +9,12 @@
 //!   [`Route::decide`](herald_core::routing::Route::decide) says deliver
 //!   (send to the shard's queue), hold (park in the customer's hold), delay
 //!   (a copy comes back to the route queue after the delay and is looked at
-//!   again), drop, or broadcast (every known shard's queue). Sends carry the
-//!   event's message id as dedup key, so a redelivered batch sends nothing
-//!   twice; the batch is acked only after its sends and parks are stored.
+//!   again), drop, or broadcast (every known shard's queue). The batch's
+//!   parks are stored first, then its sends and its acks are one bus commit
+//!   ([`herald_bus::Bus::commit`]): nothing is sent for an event unless it
+//!   is acked with it. Sends also carry the event's message id as dedup
+//!   key, which the releaser's sends share, so an event parked by a batch
+//!   whose commit then failed goes to its shard once.
 //! - **Releaser** ([`Releaser`]): sends the holds of customers that are
 //!   stable again to their shard's queue, oldest first, then deletes them.
 //!   Woken at once when this process records the end of a migration

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_bus::{Bus, BusError, Delivery, OutgoingMessage, Receipt, ReceiveOptions};
+use herald_bus::{Bus, BusError, Delivery, OutgoingMessage, Receipt, ReceiveOptions, WriteBatch};
 use herald_core::routing::{CustomerState, Route, RouteMode, RoutingDecision, UnknownPolicy};
 use herald_core::sharding::{CustomerId, Placement, ShardId};
 use herald_core::{NameError, QueueName};
@@ -85,25 +85,12 @@ struct Inner {
 /// Where one batch's events go, gathered before anything is written.
 #[derive(Default)]
 struct Plan {
-    /// Per target queue, in the order queues were first named.
-    sends: Vec<(QueueName, Vec<OutgoingMessage>)>,
-    send_index: HashMap<QueueName, usize>,
+    /// Sends to target queues, delayed copies, dead letters and the acks of
+    /// the batch: one bus commit.
+    writes: WriteBatch,
     holds: Vec<NewHeldEvent>,
-    delays: Vec<OutgoingMessage>,
-    dead_letters: Vec<OutgoingMessage>,
     /// Events per shard, for the routed metric.
     routed: HashMap<ShardId, u64>,
-    acks: Vec<Receipt>,
-}
-
-impl Plan {
-    fn send(&mut self, queue: QueueName, message: OutgoingMessage) {
-        let index = *self.send_index.entry(queue.clone()).or_insert_with(|| {
-            self.sends.push((queue, Vec::new()));
-            self.sends.len() - 1
-        });
-        self.sends[index].1.push(message);
-    }
 }
 
 impl RouteWorker {
@@ -272,18 +259,17 @@ impl Inner {
                     report.malformed += 1;
                     let reason = format!("route {}: the event is not JSON: {e}", route.name);
                     tracing::warn!(route = %route.name, message_id = %delivery.id, %reason, "dead-lettering an event");
-                    plan.dead_letters.push(dead_letter_message(
-                        delivery.body.clone(),
-                        &self.queue,
-                        &reason,
-                    ));
-                    plan.acks.push(delivery.receipt);
+                    plan.writes.send(
+                        &self.dead_letter,
+                        dead_letter_message(delivery.body.clone(), &self.queue, &reason),
+                    );
+                    plan.writes.ack(&self.queue, delivery.receipt);
                     continue;
                 }
             };
             if !route.matches(&document) {
                 report.filtered += 1;
-                plan.acks.push(delivery.receipt);
+                plan.writes.ack(&self.queue, delivery.receipt);
                 continue;
             }
             let customer = match route.customer_key(&document) {
@@ -320,12 +306,11 @@ impl Inner {
                 Ok(decision) => decision,
                 Err(e) => {
                     report.malformed += 1;
-                    plan.dead_letters.push(dead_letter_message(
-                        delivery.body.clone(),
-                        &self.queue,
-                        &e.to_string(),
-                    ));
-                    plan.acks.push(delivery.receipt);
+                    plan.writes.send(
+                        &self.dead_letter,
+                        dead_letter_message(delivery.body.clone(), &self.queue, &e.to_string()),
+                    );
+                    plan.writes.ack(&self.queue, delivery.receipt);
                     continue;
                 }
             };
@@ -342,25 +327,28 @@ impl Inner {
                     if let Some(shard) = self.shard_of(&state) {
                         *plan.routed.entry(shard).or_default() += 1;
                     }
-                    plan.send(queue, self.forward(&delivery, &origin));
+                    plan.writes.send(&queue, self.forward(&delivery, &origin));
                 }
                 RoutingDecision::Broadcast { queues } => {
                     report.delivered += 1;
                     for (queue, shard) in queues.into_iter().zip(&shards) {
                         *plan.routed.entry(shard.clone()).or_default() += 1;
-                        plan.send(queue, self.forward(&delivery, &origin));
+                        plan.writes.send(&queue, self.forward(&delivery, &origin));
                     }
                 }
                 RoutingDecision::Hold => {
                     // A hold exists only for a customer the batch named.
                     let Some(customer) = customer else {
                         report.malformed += 1;
-                        plan.dead_letters.push(dead_letter_message(
-                            delivery.body.clone(),
-                            &self.queue,
-                            "held without a customer key",
-                        ));
-                        plan.acks.push(delivery.receipt);
+                        plan.writes.send(
+                            &self.dead_letter,
+                            dead_letter_message(
+                                delivery.body.clone(),
+                                &self.queue,
+                                "held without a customer key",
+                            ),
+                        );
+                        plan.writes.ack(&self.queue, delivery.receipt);
                         continue;
                     };
                     report.held += 1;
@@ -380,11 +368,11 @@ impl Inner {
                     let mut copy = OutgoingMessage::new(delivery.body.clone()).delay(recheck_after);
                     copy.attributes = delivery.attributes.clone();
                     copy.attributes.insert(ORIGIN_ATTRIBUTE.to_owned(), origin);
-                    plan.delays.push(copy);
+                    plan.writes.send(&self.queue, copy);
                 }
                 RoutingDecision::Drop => report.dropped += 1,
             }
-            plan.acks.push(delivery.receipt);
+            plan.writes.ack(&self.queue, delivery.receipt);
         }
 
         self.write(plan).await?;
@@ -394,43 +382,25 @@ impl Inner {
         Ok(report)
     }
 
-    /// Sends, parks and re-sends what the plan says, then acks the batch.
+    /// Parks what the plan holds, then commits its sends, delayed copies,
+    /// dead letters and acks together. Parking goes first: should the
+    /// commit fail, the whole batch comes back and parks again, which skips
+    /// the events already held; had the acks gone first, a failed park
+    /// would lose events. A batch received again may meet a hold that was
+    /// released meanwhile and deliver an event the release already sent:
+    /// both carry the event's origin id as dedup key, so it goes once.
     async fn write(&self, plan: Plan) -> Result<(), RouteError> {
         let bus = self.bus.as_ref();
-        for (queue, _) in &plan.sends {
+        for (queue, _) in plan.writes.sends() {
             self.known.ensure(bus, queue).await?;
         }
-        // One send per queue, all at once: the bus hands its connection from
-        // one to the next while the others build their statements.
-        futures::future::try_join_all(
-            plan.sends
-                .into_iter()
-                .map(|(queue, messages)| async move { bus.send_batch(&queue, messages).await }),
-        )
-        .await?;
-        self.store
-            .holds()
-            .park(&self.route.name, &plan.holds)
-            .await?;
-        if !plan.delays.is_empty() {
-            bus.send_batch(&self.queue, plan.delays).await?;
+        if !plan.holds.is_empty() {
+            self.store
+                .holds()
+                .park(&self.route.name, &plan.holds)
+                .await?;
         }
-        if !plan.dead_letters.is_empty() {
-            self.known.ensure(bus, &self.dead_letter).await?;
-            bus.send_batch(&self.dead_letter, plan.dead_letters).await?;
-        }
-        for (outcome, receipt) in bus
-            .ack_batch(&self.queue, &plan.acks)
-            .await?
-            .into_iter()
-            .zip(&plan.acks)
-        {
-            if let Err(e) = outcome {
-                // Redelivered since (its visibility ran out): the copy
-                // sends with the same dedup key, so nothing goes twice.
-                tracing::debug!(receipt = %receipt, error = %e, "ack refused");
-            }
-        }
+        bus.commit(plan.writes).await?;
         for (shard, count) in plan.routed {
             telemetry::routed(&self.route.name, shard.as_str(), count);
         }

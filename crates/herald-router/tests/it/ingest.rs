@@ -253,3 +253,65 @@ async fn empty_batch_is_a_no_op(env: TestEnv) {
     assert_eq!(outcome.duplicates, 0);
     assert_eq!(env.store.email_events().count().await.unwrap(), 0);
 }
+
+/// The embedded sink copies what it committed from the write-ahead log into
+/// the database file on a connection of its own, so that its commits need
+/// not: the writer connection checkpoints only past 10,000 log pages, which
+/// a few small batches never reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_sink_checkpoints_after_its_commits() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use herald_bus::EmbeddedBus;
+    use herald_core::{Clock, SystemClock};
+    use herald_router::ingest::{ensure_topology, EmbeddedSink, EventSink};
+    use herald_store::SqliteDb;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.db");
+    let db = SqliteDb::open(&path).await.unwrap();
+    db.migrate().await.unwrap();
+    let bus = Arc::new(EmbeddedBus::new(db.clone()));
+    ensure_topology(bus.as_ref(), QueueConfig::default())
+        .await
+        .unwrap();
+    // Every committed page, checkpointed or still in the log.
+    let committed_bytes = || async {
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&db.reader)
+            .await
+            .unwrap();
+        let size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&db.reader)
+            .await
+            .unwrap();
+        u64::try_from(pages * size).unwrap()
+    };
+    let file_bytes = || std::fs::metadata(&path).unwrap().len();
+    assert!(
+        file_bytes() < committed_bytes().await,
+        "the migrations' pages are still only in the log"
+    );
+
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let sink = EmbeddedSink::new(bus.clone(), clock);
+    for b in 0..3 {
+        let outcome = sink.ingest(batch(&format!("b{b}-"), 100)).await.unwrap();
+        assert_eq!(outcome.stored_total(), 100);
+    }
+    let stats = sink.stats();
+    assert_eq!(stats.batches, 3);
+    assert!(stats.transactions >= 1 && stats.busy > Duration::ZERO);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while file_bytes() < committed_bytes().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file still lacks committed pages: {} < {}",
+            file_bytes(),
+            committed_bytes().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

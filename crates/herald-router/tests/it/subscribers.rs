@@ -209,6 +209,9 @@ async fn stats_count_each_event_once_under_redelivery(env: TestEnv) {
     assert_eq!(stats.events.get("open"), Some(&1));
     assert_eq!(stats.events.get("click"), Some(&1));
     assert_eq!(stats.events.get("bounce"), Some(&1));
+    let timeline = env.store.brand_alerts().timeline("alert-42").await.unwrap();
+    let charted: u64 = timeline.counts.iter().map(|c| c.count).sum();
+    assert_eq!(charted, 5, "the chart over time counts each event once too");
     assert_eq!(worker.drain().await.unwrap(), 0);
 }
 

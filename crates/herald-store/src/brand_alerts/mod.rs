@@ -21,6 +21,7 @@ use herald_core::catalog::AffinityScore;
 use herald_core::{Clock, Timestamp};
 use sqlx::types::Json;
 
+use crate::email_events::{EventKey, EventTimeline, TimeBucket, TimelineCount};
 use crate::page::{Page, PageRequest};
 use crate::StoreError;
 
@@ -349,14 +350,19 @@ pub trait BrandAlertStore: Send + Sync {
     /// send-log row to sent; returns their ids.
     async fn complete_finished(&self, now: Timestamp) -> Result<Vec<String>, StoreError>;
 
-    /// Adds provider events to an alert's counts (the inbound stats
-    /// subscriber); an unknown alert id is ignored.
-    async fn add_event_count(
-        &self,
-        alert_id: &str,
-        event_type: &str,
-        count: u64,
-    ) -> Result<(), StoreError>;
+    /// Counts stored provider events toward their brand alert's statistics
+    /// and timeline (the inbound stats subscriber), each event once: in one
+    /// transaction it marks the events counted and adds those not marked
+    /// before to their alert's counts by type and by type and time bucket.
+    /// Returns the indexes (into `keys`) of the events counted now, so a
+    /// redelivered event counts nothing. Events that are not stored count
+    /// nothing; those of an unknown alert are marked but counted nowhere.
+    async fn count_events(&self, keys: &[EventKey]) -> Result<Vec<usize>, StoreError>;
+
+    /// The alert's counted events per type and time bucket, the bucket
+    /// chosen from the span between its first and last counted event
+    /// ([`TimeBucket::for_span`]); empty for an alert without any.
+    async fn timeline(&self, id: &str) -> Result<EventTimeline, StoreError>;
 
     /// Deletes at most `limit` (up to [`MAX_PRUNE`]) send-log rows claimed
     /// before `before` of alerts that are finished (sent, cancelled or
@@ -365,6 +371,7 @@ pub trait BrandAlertStore: Send + Sync {
     /// member. The cadence counts rows claimed within its window, so
     /// callers keep `before` at or before the window's start, and repeat
     /// until fewer than `limit` go so no single delete holds the writer long.
+    /// The alert's statistics keep counting the pruned rows.
     async fn prune_send_log(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
 
     /// The alerts a member was sent (send-log rows in state `sent`), the
@@ -442,8 +449,19 @@ pub(crate) trait BrandAlertSql: Send + Sync + 'static {
     ) -> Result<Option<AlertRow>, StoreError>;
     /// Deletes the alert if it is a draft; false otherwise.
     async fn delete_draft(&self, id: &str) -> Result<bool, StoreError>;
-    async fn send_counts(&self, id: &str) -> Result<Vec<SendCountRow>, StoreError>;
+    /// The alert's row of `alert_send_counts`, if it has one yet.
+    async fn send_counts(&self, id: &str) -> Result<Option<SendCountRow>, StoreError>;
     async fn event_counts(&self, id: &str) -> Result<Vec<EventCountRow>, StoreError>;
+    /// The first and last occurrence among the alert's counted events.
+    async fn event_span(&self, id: &str) -> Result<(Option<i64>, Option<i64>), StoreError>;
+    /// (bucket start, type, count) of the alert's non-empty buckets of
+    /// `bucket_millis`, summed from its stored buckets of `width`, ordered.
+    async fn event_buckets(
+        &self,
+        id: &str,
+        width: i64,
+        bucket_millis: i64,
+    ) -> Result<Vec<(i64, String, i64)>, StoreError>;
     async fn due(&self, now: Timestamp, limit: u32) -> Result<Vec<AlertRow>, StoreError>;
     /// Adds the step to a building alert whose cursor is before the step's;
     /// false if nothing changed.
@@ -492,12 +510,14 @@ pub(crate) trait BrandAlertSql: Send + Sync + 'static {
         to: AlertState,
         now: Timestamp,
     ) -> Result<Vec<String>, StoreError>;
-    async fn add_events(
+    /// Marks the events counted where they were not, and adds the
+    /// [`tally`] of those to the alert counts, in one transaction; returns
+    /// the keys it marked.
+    async fn count_events(
         &self,
-        alert_id: &str,
-        event_type: &str,
-        count: i64,
-    ) -> Result<(), StoreError>;
+        keys: &[(String, String)],
+        now: Timestamp,
+    ) -> Result<Vec<(String, String)>, StoreError>;
     /// Deletes the `limit` first rows of finished alerts claimed before
     /// `before`.
     async fn prune_send_log(&self, before: Timestamp, limit: i64) -> Result<u64, StoreError>;
@@ -667,9 +687,94 @@ impl CandidateRow {
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct SendCountRow {
-    state: String,
-    total: i64,
+    sent: i64,
+    failed: i64,
+    skipped: i64,
     possible_duplicates: i64,
+}
+
+/// How a batch of send-log writes changes its alert's `alert_send_counts`
+/// row, written in the same transaction as the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct SendCountDelta {
+    pub sent: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    pub possible_duplicates: i64,
+}
+
+impl SendCountDelta {
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The bucket widths `alert_event_buckets` keeps: a chart by the minute
+/// reads minutes, by the hour or day it reads (and sums) hours.
+pub(crate) const BUCKET_WIDTHS: [TimeBucket; 2] = [TimeBucket::Minute, TimeBucket::Hour];
+
+/// The stored bucket width a chart of `bucket` is summed from.
+fn stored_width(bucket: TimeBucket) -> TimeBucket {
+    match bucket {
+        TimeBucket::Minute => TimeBucket::Minute,
+        TimeBucket::Hour | TimeBucket::Day => TimeBucket::Hour,
+    }
+}
+
+/// The start of the bucket of `width` holding `at` (floored, as the
+/// migration's backfill floors).
+pub(crate) fn bucket_start(at: i64, width: i64) -> i64 {
+    at - at.rem_euclid(width)
+}
+
+/// An email event the stats mark set just now.
+#[derive(sqlx::FromRow)]
+pub(crate) struct MarkedEvent {
+    pub provider: String,
+    pub provider_event_id: String,
+    pub alert_id: Option<String>,
+    pub event_type: String,
+    pub occurred_at: i64,
+}
+
+/// What newly counted events add to the alert counts, sorted by key (so
+/// concurrent PostgreSQL transactions lock the rows in one order).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct EventTally {
+    /// (alert id, type) → (count, first occurrence, last occurrence).
+    pub by_type: BTreeMap<(String, String), (i64, i64, i64)>,
+    /// (alert id, width, bucket start, type) → count.
+    pub by_bucket: BTreeMap<(String, i64, i64, String), i64>,
+}
+
+/// Tallies the marked events of an alert; events without one count nowhere.
+pub(crate) fn tally(events: &[MarkedEvent]) -> EventTally {
+    let mut tally = EventTally::default();
+    for event in events {
+        let Some(alert_id) = &event.alert_id else {
+            continue;
+        };
+        let at = event.occurred_at;
+        let entry = tally
+            .by_type
+            .entry((alert_id.clone(), event.event_type.clone()))
+            .or_insert((0, at, at));
+        entry.0 += 1;
+        entry.1 = entry.1.min(at);
+        entry.2 = entry.2.max(at);
+        for width in BUCKET_WIDTHS.map(TimeBucket::millis) {
+            *tally
+                .by_bucket
+                .entry((
+                    alert_id.clone(),
+                    width,
+                    bucket_start(at, width),
+                    event.event_type.clone(),
+                ))
+                .or_insert(0) += 1;
+        }
+    }
+    tally
 }
 
 #[derive(sqlx::FromRow)]
@@ -690,6 +795,7 @@ pub(crate) struct ClaimFacts {
     recent_sends: i64,
     /// This alert's send-log row for the member, if there is one.
     row_state: Option<String>,
+    row_possible_duplicate: Option<bool>,
     claim_expires_at: Option<i64>,
     attempts: Option<i64>,
 }
@@ -715,7 +821,7 @@ pub(crate) fn plan_claims(
     backend: &'static str,
     request: &ClaimRequest<'_>,
     facts: Vec<ClaimFacts>,
-) -> Result<(Vec<ClaimOutcome>, Vec<SendLogWrite>), StoreError> {
+) -> Result<(Vec<ClaimOutcome>, Vec<SendLogWrite>, SendCountDelta), StoreError> {
     let corrupt = |message: String| StoreError::Corrupt {
         backend,
         what: "send log",
@@ -728,6 +834,7 @@ pub(crate) fn plan_claims(
     let now = request.now.millis();
     let mut outcomes = Vec::with_capacity(request.member_ids.len());
     let mut writes = Vec::new();
+    let mut delta = SendCountDelta::default();
     for member_id in request.member_ids {
         let fact = facts
             .get_mut(member_id)
@@ -785,8 +892,18 @@ pub(crate) fn plan_claims(
             },
         };
         if let Some(write) = write {
+            // Only unfinished rows are written, so a skip is a newly finished
+            // row; the flag, once set, stays set and counts once.
+            if write.state == SendState::Skipped {
+                delta.skipped += 1;
+            }
+            let flagged = fact.row_possible_duplicate.unwrap_or(false);
+            if write.possible_duplicate && !flagged {
+                delta.possible_duplicates += 1;
+            }
             // A repeat of this member now finds a live claim or a finished
             // row, which write nothing: one write per member at most.
+            fact.row_possible_duplicate = Some(flagged || write.possible_duplicate);
             fact.row_state = Some(write.state.as_str().to_owned());
             fact.claim_expires_at = write.claim_expires_at;
             fact.attempts = Some(write.attempts);
@@ -794,7 +911,7 @@ pub(crate) fn plan_claims(
         }
         outcomes.push(outcome);
     }
-    Ok((outcomes, writes))
+    Ok((outcomes, writes, delta))
 }
 
 fn ineligibility(fact: &ClaimFacts, max_alerts: u32) -> Option<SkipReason> {
@@ -986,15 +1103,11 @@ impl<S: BrandAlertSql> BrandAlertStore for BrandAlerts<S> {
             excluded_cadence: alert.build.excluded_cadence,
             ..AlertStats::default()
         };
-        for row in self.sql.send_counts(id).await? {
-            let n = count(row.total)?;
-            match parse_send_state(&row.state).map_err(corrupt)? {
-                SendState::Sent => stats.sent = n,
-                SendState::Failed => stats.failed = n,
-                SendState::Skipped => stats.skipped = n,
-                SendState::Claimed | SendState::Released => {}
-            }
-            stats.possible_duplicates += count(row.possible_duplicates)?;
+        if let Some(row) = self.sql.send_counts(id).await? {
+            stats.sent = count(row.sent)?;
+            stats.failed = count(row.failed)?;
+            stats.skipped = count(row.skipped)?;
+            stats.possible_duplicates = count(row.possible_duplicates)?;
         }
         let finished = stats.sent + stats.failed + stats.skipped;
         stats.queued = stats.enqueued.saturating_sub(finished);
@@ -1194,26 +1307,50 @@ impl<S: BrandAlertSql> BrandAlertStore for BrandAlerts<S> {
         self.sql.complete(from, to, now).await
     }
 
-    async fn add_event_count(
-        &self,
-        alert_id: &str,
-        event_type: &str,
-        count: u64,
-    ) -> Result<(), StoreError> {
-        if count == 0 {
-            return Ok(());
+    async fn count_events(&self, keys: &[EventKey]) -> Result<Vec<usize>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
         }
-        if event_type.is_empty() {
-            return Err(StoreError::InvalidInput {
-                field: "event_type",
-                message: "must not be empty".into(),
-            });
-        }
-        let count = i64::try_from(count).map_err(|_| StoreError::InvalidInput {
-            field: "count",
-            message: format!("{count} is too large"),
-        })?;
-        self.sql.add_events(alert_id, event_type, count).await
+        let pairs: Vec<(String, String)> = keys
+            .iter()
+            .map(|k| (k.provider.to_string(), k.provider_event_id.clone()))
+            .collect();
+        let mut marked: HashSet<(String, String)> = self
+            .sql
+            .count_events(&pairs, self.clock.now())
+            .await?
+            .into_iter()
+            .collect();
+        Ok(pairs
+            .into_iter()
+            .enumerate()
+            .filter(|(_, pair)| marked.remove(pair))
+            .map(|(i, _)| i)
+            .collect())
+    }
+
+    async fn timeline(&self, id: &str) -> Result<EventTimeline, StoreError> {
+        let bucket = match self.sql.event_span(id).await? {
+            (Some(first), Some(last)) => TimeBucket::for_span(last.saturating_sub(first)),
+            _ => {
+                return Ok(EventTimeline {
+                    bucket: TimeBucket::Minute,
+                    counts: Vec::new(),
+                })
+            }
+        };
+        let counts = self
+            .sql
+            .event_buckets(id, stored_width(bucket).millis(), bucket.millis())
+            .await?
+            .into_iter()
+            .map(|(start, event_type, count)| TimelineCount {
+                bucket_start: Timestamp(start),
+                event_type,
+                count: count.max(0) as u64,
+            })
+            .collect();
+        Ok(EventTimeline { bucket, counts })
     }
 
     async fn prune_send_log(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {

@@ -5,9 +5,10 @@ use herald_core::Timestamp;
 use sqlx::{PgConnection, PgPool};
 
 use super::{
-    db_count, plan_claims, AlertRow, AudienceQuery, BrandAlertSql, BuildStep, CandidateRow,
-    ClaimFacts, ClaimOutcome, ClaimRequest, EventCountRow, ListQuery, MissingReference,
-    NewBrandAlert, SendCountRow, SentMessage, Transition, Written, COLUMNS,
+    db_count, plan_claims, tally, AlertRow, AudienceQuery, BrandAlertSql, BuildStep, CandidateRow,
+    ClaimFacts, ClaimOutcome, ClaimRequest, EventCountRow, ListQuery, MarkedEvent,
+    MissingReference, NewBrandAlert, SendCountDelta, SendCountRow, SentMessage, Transition,
+    Written, COLUMNS,
 };
 use crate::StoreError;
 
@@ -42,6 +43,49 @@ fn exclusion_columns(member: &str, email: &str) -> String {
 
 fn err(context: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     move |e| StoreError::postgres(e, context)
+}
+
+/// Adds one count column of `alert_send_counts` for the rows the
+/// data-modifying statement `done` returns, in the same statement.
+fn with_send_count(done: &str, column: &str) -> String {
+    format!(
+        "WITH done AS ({done} RETURNING 1) \
+         INSERT INTO alert_send_counts (alert_id, {column}) \
+         SELECT $1, count(*) FROM done HAVING count(*) > 0 \
+         ON CONFLICT (alert_id) DO UPDATE \
+             SET {column} = alert_send_counts.{column} + excluded.{column}"
+    )
+}
+
+/// Adds to the alert's send counts, inside the caller's transaction.
+async fn add_send_counts(
+    conn: &mut PgConnection,
+    alert_id: &str,
+    delta: SendCountDelta,
+    context: &'static str,
+) -> Result<(), StoreError> {
+    if delta.is_zero() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO alert_send_counts (alert_id, sent, failed, skipped, possible_duplicates) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (alert_id) DO UPDATE SET \
+             sent = alert_send_counts.sent + excluded.sent, \
+             failed = alert_send_counts.failed + excluded.failed, \
+             skipped = alert_send_counts.skipped + excluded.skipped, \
+             possible_duplicates = \
+                 alert_send_counts.possible_duplicates + excluded.possible_duplicates",
+    )
+    .bind(alert_id)
+    .bind(delta.sent)
+    .bind(delta.failed)
+    .bind(delta.skipped)
+    .bind(delta.possible_duplicates)
+    .execute(conn)
+    .await
+    .map_err(err(context))?;
+    Ok(())
 }
 
 async fn select_alert(
@@ -254,14 +298,13 @@ impl BrandAlertSql for PgBrandAlertSql {
         Ok(deleted.rows_affected() == 1)
     }
 
-    async fn send_counts(&self, id: &str) -> Result<Vec<SendCountRow>, StoreError> {
+    async fn send_counts(&self, id: &str) -> Result<Option<SendCountRow>, StoreError> {
         sqlx::query_as(
-            "SELECT state, count(*) AS total, \
-                 count(*) FILTER (WHERE possible_duplicate) AS possible_duplicates \
-             FROM send_log WHERE alert_id = $1 GROUP BY state",
+            "SELECT sent, failed, skipped, possible_duplicates FROM alert_send_counts \
+             WHERE alert_id = $1",
         )
         .bind(id)
-        .fetch_all(&self.0)
+        .fetch_optional(&self.0)
         .await
         .map_err(err("count brand alert sends"))
     }
@@ -275,6 +318,37 @@ impl BrandAlertSql for PgBrandAlertSql {
         .fetch_all(&self.0)
         .await
         .map_err(err("read brand alert event counts"))
+    }
+
+    async fn event_span(&self, id: &str) -> Result<(Option<i64>, Option<i64>), StoreError> {
+        sqlx::query_as(
+            "SELECT min(first_occurred_at), max(last_occurred_at) FROM alert_event_counts \
+             WHERE alert_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&self.0)
+        .await
+        .map_err(err("read the time span of a brand alert's events"))
+    }
+
+    async fn event_buckets(
+        &self,
+        id: &str,
+        width: i64,
+        bucket_millis: i64,
+    ) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        sqlx::query_as(
+            "SELECT bucket_start - ((bucket_start % $3) + $3) % $3 AS start, event_type, \
+                    sum(count)::bigint \
+             FROM alert_event_buckets WHERE alert_id = $1 AND width = $2 \
+             GROUP BY start, event_type ORDER BY start, event_type",
+        )
+        .bind(id)
+        .bind(width)
+        .bind(bucket_millis)
+        .fetch_all(&self.0)
+        .await
+        .map_err(err("count a brand alert's events over time"))
     }
 
     async fn due(&self, now: Timestamp, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
@@ -385,9 +459,21 @@ impl BrandAlertSql for PgBrandAlertSql {
             .execute(&mut *tx)
             .await
             .map_err(err(CONTEXT))?;
+        // And this alert's rows of them: a confirm or failure of another
+        // process waits, or is seen, so the send counts move with the rows.
+        sqlx::query(
+            "SELECT member_id FROM send_log WHERE alert_id = $1 AND member_id = ANY($2) \
+             ORDER BY member_id FOR UPDATE",
+        )
+        .bind(request.alert_id)
+        .bind(&request.unique_ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(err(CONTEXT))?;
         let facts: Vec<ClaimFacts> = sqlx::query_as(&format!(
             "SELECT j.member_id, m.status, {}, \
-                 l.state AS row_state, l.claim_expires_at, l.attempts \
+                 l.state AS row_state, l.possible_duplicate AS row_possible_duplicate, \
+                 l.claim_expires_at, l.attempts \
              FROM unnest($4::text[]) AS j(member_id) \
              LEFT JOIN members AS m ON m.id = j.member_id \
              LEFT JOIN send_log AS l ON l.alert_id = $3 AND l.member_id = j.member_id",
@@ -400,7 +486,7 @@ impl BrandAlertSql for PgBrandAlertSql {
         .fetch_all(&mut *tx)
         .await
         .map_err(err(CONTEXT))?;
-        let (outcomes, writes) = plan_claims(Self::BACKEND, request, facts)?;
+        let (outcomes, writes, delta) = plan_claims(Self::BACKEND, request, facts)?;
         if !writes.is_empty() {
             let mut member_ids = Vec::with_capacity(writes.len());
             let mut states = Vec::with_capacity(writes.len());
@@ -447,6 +533,7 @@ impl BrandAlertSql for PgBrandAlertSql {
             .await
             .map_err(err(CONTEXT))?;
         }
+        add_send_counts(&mut tx, request.alert_id, delta, CONTEXT).await?;
         tx.commit().await.map_err(err(CONTEXT))?;
         Ok(outcomes)
     }
@@ -461,12 +548,13 @@ impl BrandAlertSql for PgBrandAlertSql {
             .iter()
             .map(|m| (m.member_id.as_str(), m.provider_message_id.as_deref()))
             .unzip();
-        sqlx::query(
+        sqlx::query(&with_send_count(
             "UPDATE send_log AS l SET state = 'sent', finished_at = $2, \
                  provider_message_id = w.provider_message_id, claim_expires_at = NULL \
              FROM unnest($3::text[], $4::text[]) AS w(member_id, provider_message_id) \
              WHERE l.alert_id = $1 AND l.member_id = w.member_id AND l.state = 'claimed'",
-        )
+            "sent",
+        ))
         .bind(alert_id)
         .bind(now.millis())
         .bind(member_ids)
@@ -503,7 +591,7 @@ impl BrandAlertSql for PgBrandAlertSql {
         reason: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        sqlx::query(&with_send_count(
             "INSERT INTO send_log (alert_id, member_id, state, claimed_at, claim_expires_at, \
                  attempts, possible_duplicate, finished_at, reason) \
              SELECT $1, $2, 'failed', $3, NULL, 1, FALSE, $3, $4 \
@@ -512,7 +600,8 @@ impl BrandAlertSql for PgBrandAlertSql {
                  claim_expires_at = NULL, finished_at = excluded.finished_at, \
                  reason = excluded.reason \
              WHERE send_log.state IN ('claimed', 'released')",
-        )
+            "failed",
+        ))
         .bind(alert_id)
         .bind(member_id)
         .bind(now.millis())
@@ -545,25 +634,103 @@ impl BrandAlertSql for PgBrandAlertSql {
         .map_err(err("complete brand alerts"))
     }
 
-    async fn add_events(
+    async fn count_events(
         &self,
-        alert_id: &str,
-        event_type: &str,
-        count: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO alert_event_counts (alert_id, event_type, count) \
-             SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM brand_alerts WHERE id = $1) \
-             ON CONFLICT (alert_id, event_type) DO UPDATE \
-                 SET count = alert_event_counts.count + excluded.count",
+        keys: &[(String, String)],
+        now: Timestamp,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        const CONTEXT: &str = "count brand alert events";
+        let (providers, ids): (Vec<&str>, Vec<&str>) =
+            keys.iter().map(|(p, id)| (p.as_str(), id.as_str())).unzip();
+        let mut tx = self.0.begin().await.map_err(err(CONTEXT))?;
+        // A concurrent transaction marking the same event waits for this one
+        // and then finds it marked: each event is counted by one of them.
+        let marked: Vec<MarkedEvent> = sqlx::query_as(
+            "UPDATE email_events e SET stats_counted_at = $1 \
+             FROM UNNEST($2::text[], $3::text[]) AS k(p, id) \
+             WHERE e.provider = k.p AND e.provider_event_id = k.id \
+               AND e.stats_counted_at IS NULL \
+             RETURNING e.provider, e.provider_event_id, e.alert_id, e.event_type, \
+                 e.occurred_at",
         )
-        .bind(alert_id)
-        .bind(event_type)
-        .bind(count)
-        .execute(&self.0)
+        .bind(now.millis())
+        .bind(providers)
+        .bind(ids)
+        .fetch_all(&mut *tx)
         .await
-        .map_err(err("count brand alert events"))?;
-        Ok(())
+        .map_err(err(CONTEXT))?;
+        let tally = tally(&marked);
+        if !tally.by_type.is_empty() {
+            let mut alerts = Vec::new();
+            let mut kinds = Vec::new();
+            let mut counts = Vec::new();
+            let mut firsts = Vec::new();
+            let mut lasts = Vec::new();
+            for ((alert, kind), (n, first, last)) in &tally.by_type {
+                alerts.push(alert.as_str());
+                kinds.push(kind.as_str());
+                counts.push(*n);
+                firsts.push(*first);
+                lasts.push(*last);
+            }
+            sqlx::query(
+                "INSERT INTO alert_event_counts \
+                     (alert_id, event_type, count, first_occurred_at, last_occurred_at) \
+                 SELECT a, t, n, f, l \
+                 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+                     AS x(a, t, n, f, l) \
+                 WHERE EXISTS (SELECT 1 FROM brand_alerts WHERE id = x.a) \
+                 ON CONFLICT (alert_id, event_type) DO UPDATE SET \
+                     count = alert_event_counts.count + excluded.count, \
+                     first_occurred_at = LEAST(alert_event_counts.first_occurred_at, \
+                         excluded.first_occurred_at), \
+                     last_occurred_at = GREATEST(alert_event_counts.last_occurred_at, \
+                         excluded.last_occurred_at)",
+            )
+            .bind(alerts)
+            .bind(kinds)
+            .bind(counts)
+            .bind(firsts)
+            .bind(lasts)
+            .execute(&mut *tx)
+            .await
+            .map_err(err(CONTEXT))?;
+            let mut alerts = Vec::new();
+            let mut widths = Vec::new();
+            let mut starts = Vec::new();
+            let mut kinds = Vec::new();
+            let mut counts = Vec::new();
+            for ((alert, width, start, kind), n) in &tally.by_bucket {
+                alerts.push(alert.as_str());
+                widths.push(*width);
+                starts.push(*start);
+                kinds.push(kind.as_str());
+                counts.push(*n);
+            }
+            sqlx::query(
+                "INSERT INTO alert_event_buckets \
+                     (alert_id, width, bucket_start, event_type, count) \
+                 SELECT a, w, s, t, n \
+                 FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[]) \
+                     AS x(a, w, s, t, n) \
+                 WHERE EXISTS (SELECT 1 FROM brand_alerts WHERE id = x.a) \
+                 ON CONFLICT (alert_id, width, bucket_start, event_type) DO UPDATE SET \
+                     count = alert_event_buckets.count + excluded.count",
+            )
+            .bind(alerts)
+            .bind(widths)
+            .bind(starts)
+            .bind(kinds)
+            .bind(counts)
+            .execute(&mut *tx)
+            .await
+            .map_err(err(CONTEXT))?;
+        }
+        tx.commit().await.map_err(err(CONTEXT))?;
+        Ok(marked
+            .into_iter()
+            .map(|e| (e.provider, e.provider_event_id))
+            .collect())
     }
 
     async fn prune_send_log(&self, before: Timestamp, limit: i64) -> Result<u64, StoreError> {

@@ -6,9 +6,10 @@ use sqlx::types::Json;
 use sqlx::SqliteConnection;
 
 use super::{
-    db_count, plan_claims, AlertRow, AudienceQuery, BrandAlertSql, BuildStep, CandidateRow,
-    ClaimFacts, ClaimOutcome, ClaimRequest, EventCountRow, ListQuery, MissingReference,
-    NewBrandAlert, SendCountRow, SentMessage, Transition, Written, COLUMNS,
+    db_count, plan_claims, tally, AlertRow, AudienceQuery, BrandAlertSql, BuildStep, CandidateRow,
+    ClaimFacts, ClaimOutcome, ClaimRequest, EventCountRow, ListQuery, MarkedEvent,
+    MissingReference, NewBrandAlert, SendCountDelta, SendCountRow, SentMessage, Transition,
+    Written, COLUMNS,
 };
 use crate::{SqliteDb, StoreError};
 
@@ -138,6 +139,44 @@ async fn find_missing(
     .await
     .map_err(err(context))?;
     Ok(missing_sale.map(|i| MissingReference::Sale(usize::try_from(i).unwrap_or_default())))
+}
+
+/// Adds to the alert's send counts, inside the caller's transaction.
+async fn add_send_counts(
+    conn: &mut SqliteConnection,
+    alert_id: &str,
+    delta: SendCountDelta,
+    context: &'static str,
+) -> Result<(), StoreError> {
+    if delta.is_zero() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO alert_send_counts (alert_id, sent, failed, skipped, possible_duplicates) \
+         VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (alert_id) DO UPDATE SET \
+             sent = alert_send_counts.sent + excluded.sent, \
+             failed = alert_send_counts.failed + excluded.failed, \
+             skipped = alert_send_counts.skipped + excluded.skipped, \
+             possible_duplicates = \
+                 alert_send_counts.possible_duplicates + excluded.possible_duplicates",
+    )
+    .bind(alert_id)
+    .bind(delta.sent)
+    .bind(delta.failed)
+    .bind(delta.skipped)
+    .bind(delta.possible_duplicates)
+    .execute(conn)
+    .await
+    .map_err(err(context))?;
+    Ok(())
+}
+
+fn to_json(value: impl serde::Serialize, context: &'static str) -> Result<String, StoreError> {
+    serde_json::to_string(&value).map_err(|e| StoreError::InvalidInput {
+        field: context,
+        message: e.to_string(),
+    })
 }
 
 async fn insert_sales(
@@ -319,13 +358,13 @@ impl BrandAlertSql for SqliteBrandAlertSql {
         Ok(deleted.rows_affected() == 1)
     }
 
-    async fn send_counts(&self, id: &str) -> Result<Vec<SendCountRow>, StoreError> {
+    async fn send_counts(&self, id: &str) -> Result<Option<SendCountRow>, StoreError> {
         sqlx::query_as(
-            "SELECT state, count(*) AS total, sum(possible_duplicate) AS possible_duplicates \
-             FROM send_log WHERE alert_id = ?1 GROUP BY state",
+            "SELECT sent, failed, skipped, possible_duplicates FROM alert_send_counts \
+             WHERE alert_id = ?1",
         )
         .bind(id)
-        .fetch_all(&self.0.reader)
+        .fetch_optional(&self.0.reader)
         .await
         .map_err(err("count brand alert sends"))
     }
@@ -339,6 +378,37 @@ impl BrandAlertSql for SqliteBrandAlertSql {
         .fetch_all(&self.0.reader)
         .await
         .map_err(err("read brand alert event counts"))
+    }
+
+    async fn event_span(&self, id: &str) -> Result<(Option<i64>, Option<i64>), StoreError> {
+        sqlx::query_as(
+            "SELECT min(first_occurred_at), max(last_occurred_at) FROM alert_event_counts \
+             WHERE alert_id = ?1",
+        )
+        .bind(id)
+        .fetch_one(&self.0.reader)
+        .await
+        .map_err(err("read the time span of a brand alert's events"))
+    }
+
+    async fn event_buckets(
+        &self,
+        id: &str,
+        width: i64,
+        bucket_millis: i64,
+    ) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        sqlx::query_as(
+            "SELECT bucket_start - ((bucket_start % ?3) + ?3) % ?3 AS start, event_type, \
+                    sum(count) \
+             FROM alert_event_buckets WHERE alert_id = ?1 AND width = ?2 \
+             GROUP BY start, event_type ORDER BY start, event_type",
+        )
+        .bind(id)
+        .bind(width)
+        .bind(bucket_millis)
+        .fetch_all(&self.0.reader)
+        .await
+        .map_err(err("count a brand alert's events over time"))
     }
 
     async fn due(&self, now: Timestamp, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
@@ -443,7 +513,8 @@ impl BrandAlertSql for SqliteBrandAlertSql {
             .map_err(err(CONTEXT))?;
         let facts: Vec<ClaimFacts> = sqlx::query_as(&format!(
             "SELECT j.value AS member_id, m.status AS status, {}, \
-                 l.state AS row_state, l.claim_expires_at, l.attempts \
+                 l.state AS row_state, l.possible_duplicate AS row_possible_duplicate, \
+                 l.claim_expires_at, l.attempts \
              FROM json_each(?4) AS j \
              LEFT JOIN members AS m ON m.id = j.value \
              LEFT JOIN send_log AS l ON l.alert_id = ?3 AND l.member_id = j.value",
@@ -456,7 +527,7 @@ impl BrandAlertSql for SqliteBrandAlertSql {
         .fetch_all(&mut *tx)
         .await
         .map_err(err(CONTEXT))?;
-        let (outcomes, writes) = plan_claims(Self::BACKEND, request, facts)?;
+        let (outcomes, writes, delta) = plan_claims(Self::BACKEND, request, facts)?;
         for write in writes {
             sqlx::query(
                 "INSERT INTO send_log (alert_id, member_id, state, claimed_at, \
@@ -482,6 +553,7 @@ impl BrandAlertSql for SqliteBrandAlertSql {
             .await
             .map_err(err(CONTEXT))?;
         }
+        add_send_counts(&mut tx, request.alert_id, delta, CONTEXT).await?;
         tx.commit().await.map_err(err(CONTEXT))?;
         Ok(outcomes)
     }
@@ -499,8 +571,9 @@ impl BrandAlertSql for SqliteBrandAlertSql {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err(CONTEXT))?;
+        let mut confirmed = 0;
         for message in sent {
-            sqlx::query(
+            confirmed += sqlx::query(
                 "UPDATE send_log SET state = 'sent', finished_at = ?3, \
                      provider_message_id = ?4, claim_expires_at = NULL \
                  WHERE alert_id = ?1 AND member_id = ?2 AND state = 'claimed'",
@@ -511,8 +584,14 @@ impl BrandAlertSql for SqliteBrandAlertSql {
             .bind(&message.provider_message_id)
             .execute(&mut *tx)
             .await
-            .map_err(err(CONTEXT))?;
+            .map_err(err(CONTEXT))?
+            .rows_affected();
         }
+        let delta = SendCountDelta {
+            sent: db_count(confirmed),
+            ..SendCountDelta::default()
+        };
+        add_send_counts(&mut tx, alert_id, delta, CONTEXT).await?;
         tx.commit().await.map_err(err(CONTEXT))
     }
 
@@ -542,7 +621,14 @@ impl BrandAlertSql for SqliteBrandAlertSql {
         reason: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        const CONTEXT: &str = "mark brand alert send failed";
+        let mut tx = self
+            .0
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err(CONTEXT))?;
+        let failed = sqlx::query(
             "INSERT INTO send_log (alert_id, member_id, state, claimed_at, claim_expires_at, \
                  attempts, possible_duplicate, finished_at, reason) \
              SELECT ?1, ?2, 'failed', ?3, NULL, 1, 0, ?3, ?4 \
@@ -556,10 +642,16 @@ impl BrandAlertSql for SqliteBrandAlertSql {
         .bind(member_id)
         .bind(now.millis())
         .bind(reason)
-        .execute(&self.0.writer)
+        .execute(&mut *tx)
         .await
-        .map_err(err("mark brand alert send failed"))?;
-        Ok(())
+        .map_err(err(CONTEXT))?
+        .rows_affected();
+        let delta = SendCountDelta {
+            failed: db_count(failed),
+            ..SendCountDelta::default()
+        };
+        add_send_counts(&mut tx, alert_id, delta, CONTEXT).await?;
+        tx.commit().await.map_err(err(CONTEXT))
     }
 
     async fn complete(
@@ -584,25 +676,83 @@ impl BrandAlertSql for SqliteBrandAlertSql {
         .map_err(err("complete brand alerts"))
     }
 
-    async fn add_events(
+    async fn count_events(
         &self,
-        alert_id: &str,
-        event_type: &str,
-        count: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO alert_event_counts (alert_id, event_type, count) \
-             SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM brand_alerts WHERE id = ?1) \
-             ON CONFLICT (alert_id, event_type) DO UPDATE \
-                 SET count = alert_event_counts.count + excluded.count",
+        keys: &[(String, String)],
+        now: Timestamp,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        const CONTEXT: &str = "count brand alert events";
+        let keys = to_json(keys, "keys")?;
+        let mut tx = self
+            .0
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err(CONTEXT))?;
+        let marked: Vec<MarkedEvent> = sqlx::query_as(
+            "UPDATE email_events SET stats_counted_at = ?1 \
+             WHERE stats_counted_at IS NULL \
+               AND (provider, provider_event_id) IN \
+                   (SELECT value ->> 0, value ->> 1 FROM json_each(?2)) \
+             RETURNING provider, provider_event_id, alert_id, event_type, occurred_at",
         )
-        .bind(alert_id)
-        .bind(event_type)
-        .bind(count)
-        .execute(&self.0.writer)
+        .bind(now.millis())
+        .bind(keys)
+        .fetch_all(&mut *tx)
         .await
-        .map_err(err("count brand alert events"))?;
-        Ok(())
+        .map_err(err(CONTEXT))?;
+        let tally = tally(&marked);
+        if !tally.by_type.is_empty() {
+            let by_type: Vec<(&str, &str, i64, i64, i64)> = tally
+                .by_type
+                .iter()
+                .map(|((alert, kind), (n, first, last))| {
+                    (alert.as_str(), kind.as_str(), *n, *first, *last)
+                })
+                .collect();
+            sqlx::query(
+                "INSERT INTO alert_event_counts \
+                     (alert_id, event_type, count, first_occurred_at, last_occurred_at) \
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 \
+                 FROM json_each(?1) \
+                 WHERE EXISTS (SELECT 1 FROM brand_alerts WHERE id = value ->> 0) \
+                 ON CONFLICT (alert_id, event_type) DO UPDATE SET \
+                     count = alert_event_counts.count + excluded.count, \
+                     first_occurred_at = min(coalesce(alert_event_counts.first_occurred_at, \
+                         excluded.first_occurred_at), excluded.first_occurred_at), \
+                     last_occurred_at = max(coalesce(alert_event_counts.last_occurred_at, \
+                         excluded.last_occurred_at), excluded.last_occurred_at)",
+            )
+            .bind(to_json(by_type, "events")?)
+            .execute(&mut *tx)
+            .await
+            .map_err(err(CONTEXT))?;
+            let by_bucket: Vec<(&str, i64, i64, &str, i64)> = tally
+                .by_bucket
+                .iter()
+                .map(|((alert, width, start, kind), n)| {
+                    (alert.as_str(), *width, *start, kind.as_str(), *n)
+                })
+                .collect();
+            sqlx::query(
+                "INSERT INTO alert_event_buckets \
+                     (alert_id, width, bucket_start, event_type, count) \
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 \
+                 FROM json_each(?1) \
+                 WHERE EXISTS (SELECT 1 FROM brand_alerts WHERE id = value ->> 0) \
+                 ON CONFLICT (alert_id, width, bucket_start, event_type) DO UPDATE SET \
+                     count = alert_event_buckets.count + excluded.count",
+            )
+            .bind(to_json(by_bucket, "events")?)
+            .execute(&mut *tx)
+            .await
+            .map_err(err(CONTEXT))?;
+        }
+        tx.commit().await.map_err(err(CONTEXT))?;
+        Ok(marked
+            .into_iter()
+            .map(|e| (e.provider, e.provider_event_id))
+            .collect())
     }
 
     async fn prune_send_log(&self, before: Timestamp, limit: i64) -> Result<u64, StoreError> {

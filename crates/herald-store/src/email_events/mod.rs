@@ -115,17 +115,6 @@ pub trait EmailEventStore: Send + Sync {
         alert_id: Option<&str>,
     ) -> Result<BTreeMap<String, u64>, StoreError>;
 
-    /// A brand alert's events counted per type and time bucket, the bucket
-    /// chosen from the span between its first and last event
-    /// ([`TimeBucket::for_span`]).
-    async fn timeline(&self, alert_id: &str) -> Result<EventTimeline, StoreError>;
-
-    /// Marks the events as counted in their alert's statistics; returns the
-    /// indexes (into `keys`) of the stored events that were not marked
-    /// before, so a redelivered event is counted once. Keys of events that
-    /// are not stored are left out.
-    async fn mark_stats_counted(&self, keys: &[EventKey]) -> Result<Vec<usize>, StoreError>;
-
     /// Deletes at most `limit` (up to [`MAX_PRUNE`]) of the events received
     /// before `before`, oldest first; returns how many. Callers repeat until
     /// fewer than `limit` go, so no single delete holds the writer long.
@@ -185,7 +174,8 @@ pub struct TimelineCount {
     pub count: u64,
 }
 
-/// A brand alert's events over time; `counts` only holds non-empty
+/// A brand alert's counted events over time
+/// ([`crate::BrandAlertStore::timeline`]); `counts` only holds non-empty
 /// buckets, ordered by bucket start, then type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventTimeline {
@@ -229,6 +219,53 @@ impl EventColumns {
             custom_args: json("custom_args", serde_json::to_string(&event.custom_args))?,
             raw: json("raw", serde_json::to_string(&event.raw))?,
         })
+    }
+}
+
+/// A batch of events flattened into the columns the store writes. Building
+/// it serializes every event's JSON columns, which costs more than the
+/// insert itself, so a caller with a single writer builds it before taking
+/// the writer ([`sqlite::insert_rows`]).
+pub struct EventRows {
+    rows: Vec<EventColumns>,
+}
+
+impl EventRows {
+    /// Fails, as the insert would, on an event without an id.
+    pub fn of(events: &[EmailEvent]) -> Result<Self, StoreError> {
+        check_events(events)?;
+        Ok(Self {
+            rows: events
+                .iter()
+                .map(EventColumns::of)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The indexes of the rows whose keys are in `inserted`: the first
+    /// occurrence of each key.
+    fn first_indexes(&self, inserted: Vec<(String, String)>) -> Vec<usize> {
+        let mut inserted: HashSet<(String, String)> = inserted.into_iter().collect();
+        let mut new = Vec::with_capacity(inserted.len());
+        for (i, row) in self.rows.iter().enumerate() {
+            if inserted.is_empty() {
+                break;
+            }
+            // Removing the key makes a repeat of it inside the batch count
+            // once, at its first index.
+            if inserted.remove(&(row.provider.clone(), row.provider_event_id.clone())) {
+                new.push(i);
+            }
+        }
+        new
     }
 }
 
@@ -360,20 +397,6 @@ pub(crate) trait EmailEventSql: Send + Sync + 'static {
         &self,
         alert_id: Option<&str>,
     ) -> Result<Vec<(String, i64)>, StoreError>;
-    /// The first and last occurrence among an alert's events.
-    async fn alert_span(&self, alert_id: &str) -> Result<(Option<i64>, Option<i64>), StoreError>;
-    /// (bucket start, type, count) of an alert's non-empty buckets, ordered.
-    async fn alert_buckets(
-        &self,
-        alert_id: &str,
-        bucket_millis: i64,
-    ) -> Result<Vec<(i64, String, i64)>, StoreError>;
-    /// Sets `stats_counted_at` where unset; returns the keys it set.
-    async fn mark_counted(
-        &self,
-        keys: &[(String, String)],
-        now: Timestamp,
-    ) -> Result<Vec<(String, String)>, StoreError>;
     /// Deletes the `limit` oldest events received before `before`.
     async fn delete_received_before(
         &self,
@@ -465,52 +488,6 @@ impl<S: EmailEventSql> EmailEventStore for EmailEvents<S> {
             .await?
             .into_iter()
             .map(|(t, n)| (t, n.max(0) as u64))
-            .collect())
-    }
-
-    async fn timeline(&self, alert_id: &str) -> Result<EventTimeline, StoreError> {
-        let bucket = match self.sql.alert_span(alert_id).await? {
-            (Some(first), Some(last)) => TimeBucket::for_span(last.saturating_sub(first)),
-            _ => {
-                return Ok(EventTimeline {
-                    bucket: TimeBucket::Minute,
-                    counts: Vec::new(),
-                })
-            }
-        };
-        let counts = self
-            .sql
-            .alert_buckets(alert_id, bucket.millis())
-            .await?
-            .into_iter()
-            .map(|(start, event_type, count)| TimelineCount {
-                bucket_start: Timestamp(start),
-                event_type,
-                count: count.max(0) as u64,
-            })
-            .collect();
-        Ok(EventTimeline { bucket, counts })
-    }
-
-    async fn mark_stats_counted(&self, keys: &[EventKey]) -> Result<Vec<usize>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let pairs: Vec<(String, String)> = keys
-            .iter()
-            .map(|k| (k.provider.to_string(), k.provider_event_id.clone()))
-            .collect();
-        let mut marked: HashSet<(String, String)> = self
-            .sql
-            .mark_counted(&pairs, self.clock.now())
-            .await?
-            .into_iter()
-            .collect();
-        Ok(pairs
-            .into_iter()
-            .enumerate()
-            .filter(|(_, pair)| marked.remove(pair))
-            .map(|(i, _)| i)
             .collect())
     }
 

@@ -154,55 +154,6 @@ impl EmailEventSql for PgEmailEventSql {
         .map_err(err("count email events by type"))
     }
 
-    async fn alert_span(&self, alert_id: &str) -> Result<(Option<i64>, Option<i64>), StoreError> {
-        sqlx::query_as(
-            "SELECT MIN(occurred_at), MAX(occurred_at) FROM email_events WHERE alert_id = $1",
-        )
-        .bind(alert_id)
-        .fetch_one(&self.0)
-        .await
-        .map_err(err("read the time span of a brand alert's events"))
-    }
-
-    async fn alert_buckets(
-        &self,
-        alert_id: &str,
-        bucket_millis: i64,
-    ) -> Result<Vec<(i64, String, i64)>, StoreError> {
-        sqlx::query_as(
-            "SELECT occurred_at - (occurred_at % $2) AS bucket_start, event_type, COUNT(*) \
-             FROM email_events WHERE alert_id = $1 \
-             GROUP BY bucket_start, event_type ORDER BY bucket_start, event_type",
-        )
-        .bind(alert_id)
-        .bind(bucket_millis)
-        .fetch_all(&self.0)
-        .await
-        .map_err(err("count a brand alert's events over time"))
-    }
-
-    async fn mark_counted(
-        &self,
-        keys: &[(String, String)],
-        now: Timestamp,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let (providers, ids): (Vec<&str>, Vec<&str>) =
-            keys.iter().map(|(p, id)| (p.as_str(), id.as_str())).unzip();
-        sqlx::query_as(
-            "UPDATE email_events e SET stats_counted_at = $1 \
-             FROM UNNEST($2::text[], $3::text[]) AS k(p, id) \
-             WHERE e.provider = k.p AND e.provider_event_id = k.id \
-               AND e.stats_counted_at IS NULL \
-             RETURNING e.provider, e.provider_event_id",
-        )
-        .bind(now.millis())
-        .bind(providers)
-        .bind(ids)
-        .fetch_all(&self.0)
-        .await
-        .map_err(err("mark email events counted"))
-    }
-
     async fn delete_received_before(
         &self,
         before: Timestamp,

@@ -1,13 +1,21 @@
 //! SQLite statements for email events. Inserts are multi-row statements of
-//! up to [`INSERT_CHUNK`] events, each `ON CONFLICT DO NOTHING RETURNING`
-//! the keys it stored, so a batch costs a few statements, not one per event.
+//! up to [`INSERT_CHUNK`] events with `ON CONFLICT DO NOTHING`, so a batch
+//! costs a few statements, not one per event.
+//!
+//! Which events were new is told by the count of rows inserted: when every
+//! row went in (a batch seen for the first time, the common case) no key is
+//! read back at all; otherwise the keys of the rows added after the table's
+//! last `seq` as it was before the insert are read. SQLite gives a new row
+//! the largest rowid plus one, and the caller holds the write transaction,
+//! so those are exactly this insert's rows. Returning the keys of every
+//! inserted row instead (`RETURNING`) cost a third of the insert.
 
 use async_trait::async_trait;
 use herald_core::email_event::EmailEvent;
 use herald_core::Timestamp;
 use sqlx::SqliteConnection;
 
-use super::{check_events, first_indexes, EmailEventSql, EventColumns, EventRow, COLUMNS};
+use super::{EmailEventSql, EventRow, EventRows, COLUMNS};
 use crate::{SqliteDb, StoreError};
 
 const BACKEND: &str = crate::sqlite::BACKEND;
@@ -19,8 +27,7 @@ const INSERT_HEAD: &str = "INSERT INTO email_events (provider, provider_event_id
      address, occurred_at, message_id, alert_id, bounce, tags, custom_args, raw, received_at) \
      VALUES ";
 const ROW: &str = "(?,?,?,?,?,?,?,?,?,?,?,?)";
-const INSERT_TAIL: &str =
-    " ON CONFLICT (provider, provider_event_id) DO NOTHING RETURNING provider, provider_event_id";
+const INSERT_TAIL: &str = " ON CONFLICT (provider, provider_event_id) DO NOTHING";
 
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::with_capacity(INSERT_HEAD.len() + rows * (ROW.len() + 1) + 100);
@@ -48,14 +55,27 @@ pub async fn insert_new(
     events: &[EmailEvent],
     received_at: Timestamp,
 ) -> Result<Vec<usize>, StoreError> {
-    check_events(events)?;
-    let columns = events
-        .iter()
-        .map(EventColumns::of)
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut inserted = Vec::with_capacity(events.len());
+    insert_rows(conn, &EventRows::of(events)?, received_at).await
+}
+
+/// As [`insert_new`], for events flattened beforehand. The connection must
+/// be inside a transaction: the rows this call inserted are told apart by
+/// `seq`, which needs no other writer to commit between its statements.
+pub async fn insert_rows(
+    conn: &mut SqliteConnection,
+    rows: &EventRows,
+    received_at: Timestamp,
+) -> Result<Vec<usize>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let last_before: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM email_events")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(err("store email events"))?;
+    let mut inserted = 0;
     let full_chunk = insert_sql(INSERT_CHUNK);
-    for chunk in columns.chunks(INSERT_CHUNK) {
+    for chunk in rows.rows.chunks(INSERT_CHUNK) {
         let partial;
         let sql = if chunk.len() == INSERT_CHUNK {
             &full_chunk
@@ -63,7 +83,7 @@ pub async fn insert_new(
             partial = insert_sql(chunk.len());
             &partial
         };
-        let mut query = sqlx::query_as::<_, (String, String)>(sql);
+        let mut query = sqlx::query(sql);
         for c in chunk {
             query = query
                 .bind(c.provider.as_str())
@@ -79,14 +99,25 @@ pub async fn insert_new(
                 .bind(c.raw.as_str())
                 .bind(received_at.millis());
         }
-        inserted.extend(
-            query
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(err("store email events"))?,
-        );
+        inserted += query
+            .execute(&mut *conn)
+            .await
+            .map_err(err("store email events"))?
+            .rows_affected();
     }
-    Ok(first_indexes(events, inserted))
+    if inserted == rows.len() as u64 {
+        return Ok((0..rows.len()).collect());
+    }
+    if inserted == 0 {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<(String, String)> =
+        sqlx::query_as("SELECT provider, provider_event_id FROM email_events WHERE seq > ?1")
+            .bind(last_before)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(err("store email events"))?;
+    Ok(rows.first_indexes(keys))
 }
 
 pub(crate) struct SqliteEmailEventSql(pub SqliteDb);
@@ -184,56 +215,6 @@ impl EmailEventSql for SqliteEmailEventSql {
         .fetch_all(&self.0.reader)
         .await
         .map_err(err("count email events by type"))
-    }
-
-    async fn alert_span(&self, alert_id: &str) -> Result<(Option<i64>, Option<i64>), StoreError> {
-        sqlx::query_as(
-            "SELECT MIN(occurred_at), MAX(occurred_at) FROM email_events WHERE alert_id = ?1",
-        )
-        .bind(alert_id)
-        .fetch_one(&self.0.reader)
-        .await
-        .map_err(err("read the time span of a brand alert's events"))
-    }
-
-    async fn alert_buckets(
-        &self,
-        alert_id: &str,
-        bucket_millis: i64,
-    ) -> Result<Vec<(i64, String, i64)>, StoreError> {
-        sqlx::query_as(
-            "SELECT occurred_at - (occurred_at % ?2) AS bucket_start, event_type, COUNT(*) \
-             FROM email_events WHERE alert_id = ?1 \
-             GROUP BY bucket_start, event_type ORDER BY bucket_start, event_type",
-        )
-        .bind(alert_id)
-        .bind(bucket_millis)
-        .fetch_all(&self.0.reader)
-        .await
-        .map_err(err("count a brand alert's events over time"))
-    }
-
-    async fn mark_counted(
-        &self,
-        keys: &[(String, String)],
-        now: Timestamp,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let keys = serde_json::to_string(keys).map_err(|e| StoreError::InvalidInput {
-            field: "keys",
-            message: e.to_string(),
-        })?;
-        sqlx::query_as(
-            "UPDATE email_events SET stats_counted_at = ?1 \
-             WHERE stats_counted_at IS NULL \
-               AND (provider, provider_event_id) IN \
-                   (SELECT value ->> 0, value ->> 1 FROM json_each(?2)) \
-             RETURNING provider, provider_event_id",
-        )
-        .bind(now.millis())
-        .bind(keys)
-        .fetch_all(&self.0.writer)
-        .await
-        .map_err(err("mark email events counted"))
     }
 
     async fn delete_received_before(

@@ -139,6 +139,10 @@ pub trait MemberStore: Send + Sync {
 
     async fn get(&self, id: &str) -> Result<Option<Member>, StoreError>;
 
+    /// The members among `ids` that exist, in no particular order; one
+    /// query for many members (the mailer reads a whole batch at once).
+    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Member>, StoreError>;
+
     /// In id order.
     async fn list(&self, filter: &MemberFilter) -> Result<Page<Member>, StoreError>;
 
@@ -271,6 +275,7 @@ pub(crate) trait MemberSql: Send + Sync + 'static {
     ) -> Result<Vec<MemberRow>, StoreError>;
     async fn delete_member(&self, id: &str) -> Result<bool, StoreError>;
     async fn existing_members(&self, ids: &[&str]) -> Result<HashSet<String>, StoreError>;
+    async fn members_by_ids(&self, ids: &[&str]) -> Result<Vec<MemberRow>, StoreError>;
 
     /// Upserts in one transaction; keys must be distinct. A missing member
     /// or brand fails the whole batch with [`StoreError::InvalidInput`].
@@ -405,6 +410,18 @@ impl<S: MemberSql> MemberStore for Members<S> {
             .await?
             .map(|row| row.into_member(S::BACKEND))
             .transpose()
+    }
+
+    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Member>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.sql
+            .members_by_ids(ids)
+            .await?
+            .into_iter()
+            .map(|row| row.into_member(S::BACKEND))
+            .collect()
     }
 
     async fn list(&self, filter: &MemberFilter) -> Result<Page<Member>, StoreError> {

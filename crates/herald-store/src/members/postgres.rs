@@ -130,6 +130,16 @@ impl MemberSql for PgMemberSql {
         Ok(rows.into_iter().collect())
     }
 
+    async fn members_by_ids(&self, ids: &[&str]) -> Result<Vec<MemberRow>, StoreError> {
+        sqlx::query_as(&format!(
+            "SELECT {MEMBER_COLUMNS} FROM members WHERE id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(&self.0)
+        .await
+        .map_err(failed("read members"))
+    }
+
     async fn upsert_affinities(
         &self,
         rows: &[(&str, &str, f64)],

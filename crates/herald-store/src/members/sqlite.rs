@@ -146,6 +146,27 @@ impl MemberSql for SqliteMemberSql {
         Ok(found)
     }
 
+    async fn members_by_ids(&self, ids: &[&str]) -> Result<Vec<MemberRow>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {MEMBER_COLUMNS} FROM members WHERE id IN ("
+            ));
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            query.push(")");
+            let rows: Vec<MemberRow> = query
+                .build_query_as()
+                .fetch_all(&self.0.reader)
+                .await
+                .map_err(failed("read members"))?;
+            found.extend(rows);
+        }
+        Ok(found)
+    }
+
     async fn upsert_affinities(
         &self,
         rows: &[(&str, &str, f64)],

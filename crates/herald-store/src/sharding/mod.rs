@@ -621,12 +621,12 @@ impl PlacementRow {
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct RoutingRow {
-    customer: String,
-    state: Option<String>,
-    shard: Option<String>,
-    from_shard: Option<String>,
-    to_shard: Option<String>,
-    held: bool,
+    pub(crate) customer: String,
+    pub(crate) state: Option<String>,
+    pub(crate) shard: Option<String>,
+    pub(crate) from_shard: Option<String>,
+    pub(crate) to_shard: Option<String>,
+    pub(crate) held: bool,
 }
 
 #[cfg(test)]

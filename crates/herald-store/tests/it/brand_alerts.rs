@@ -1,20 +1,25 @@
 //! Brand alerts: creation and its checks, the lifecycle (every illegal move
 //! a conflict naming the state), drafts, listing, the audience query with
 //! its exclusions and paging, send-log claims and their outcomes, races
-//! between claims under the cadence limit, completion and statistics.
+//! between claims under the cadence limit, completion and statistics (the
+//! send counts kept with the send log, provider events counted once into
+//! the counts and the timeline, and the migration that backfilled both).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use herald_core::alert::{AlertAction, AlertState};
 use herald_core::cadence::CadencePolicy;
+use herald_core::email_event::{EmailEvent, EventType, Provider};
 use herald_core::Timestamp;
 use herald_store::brand_alerts::{
     AudienceCandidate, BrandAlert, BrandAlertFilter, BrandAlertPatch, BuildStep, ClaimOutcome,
     Exclusion, NewBrandAlert, SendState, SentMessage, SkipReason,
 };
+use herald_store::email_events::{EventKey, EventTimeline, TimeBucket, TimelineCount};
 use herald_store::page::PageRequest;
 use herald_store::StoreError;
+use serde_json::json;
 
 use crate::harness::{Backend, TestDb, START};
 
@@ -33,8 +38,11 @@ store_suite!(
     claims_skip_members_no_longer_eligible,
     finishing_calls_act_only_on_rows_in_the_right_state,
     concurrent_claims_of_two_alerts_respect_the_cadence,
+    send_counts_stay_exact_when_a_takeover_races_a_confirm,
     build_progress_only_moves_forward,
     finished_alerts_complete_and_stats_add_up,
+    events_count_once_into_the_stats_and_the_timeline,
+    the_migration_backfills_the_counts_and_new_events_add_to_them,
     prune_deletes_old_rows_of_finished_alerts_only_in_chunks,
     a_member_received_the_alerts_sent_to_them_latest_first,
 );
@@ -51,6 +59,31 @@ async fn exec(db: &TestDb, sql: &str) {
         (None, None) => unreachable!("a store has one backend"),
     }
     .unwrap_or_else(|e| panic!("{e}: {sql}"));
+}
+
+/// The alert's send counts (kept with every send-log change) equal a count
+/// of its send log.
+async fn assert_send_counts_match_the_log(db: &TestDb, id: &str) {
+    let stats = db.store.brand_alerts().stats(id).await.unwrap();
+    let of = |condition: &str| {
+        format!("SELECT count(*) FROM send_log WHERE alert_id = '{id}' AND {condition}")
+    };
+    let logged = (
+        count(db, &of("state = 'sent'")).await,
+        count(db, &of("state = 'failed'")).await,
+        count(db, &of("state = 'skipped'")).await,
+        count(db, &of("possible_duplicate")).await,
+    );
+    let counted = (
+        stats.sent as i64,
+        stats.failed as i64,
+        stats.skipped as i64,
+        stats.possible_duplicates as i64,
+    );
+    assert_eq!(
+        counted, logged,
+        "alert {id}: (sent, failed, skipped, duplicates)"
+    );
 }
 
 async fn count(db: &TestDb, sql: &str) -> i64 {
@@ -933,6 +966,7 @@ async fn claims_answer_by_the_state_of_the_row(db: TestDb) {
     );
     let stats = alerts.stats(id).await.unwrap();
     assert_eq!((stats.sent, stats.possible_duplicates), (1, 1));
+    assert_send_counts_match_the_log(&db, id).await;
     let provider_ids = count(
         &db,
         "SELECT count(*) FROM send_log WHERE provider_message_id = 'pm-1' AND state = 'sent'",
@@ -1024,6 +1058,9 @@ async fn claims_skip_members_no_longer_eligible(db: TestDb) {
         lapsed,
         vec![ClaimOutcome::Skipped(SkipReason::Unsubscribed)]
     );
+    assert_eq!(alerts.stats(&alert.id).await.unwrap().skipped, 6);
+    assert_send_counts_match_the_log(&db, &alert.id).await;
+    assert_send_counts_match_the_log(&db, &other.id).await;
 }
 
 async fn finishing_calls_act_only_on_rows_in_the_right_state(db: TestDb) {
@@ -1137,6 +1174,9 @@ async fn finishing_calls_act_only_on_rows_in_the_right_state(db: TestDb) {
         count(&db, "SELECT count(*) FROM send_log WHERE member_id = 'a09'").await,
         0
     );
+    let stats = alerts.stats(id).await.unwrap();
+    assert_eq!((stats.sent, stats.failed), (1, 3));
+    assert_send_counts_match_the_log(&db, id).await;
 }
 
 async fn concurrent_claims_of_two_alerts_respect_the_cadence(db: TestDb) {
@@ -1199,6 +1239,83 @@ async fn concurrent_claims_of_two_alerts_respect_the_cadence(db: TestDb) {
         }
         // Next round: a window later, with fresh rows for both alerts.
         exec(&db, "DELETE FROM send_log").await;
+    }
+    other_store.close().await;
+}
+
+async fn send_counts_stay_exact_when_a_takeover_races_a_confirm(db: TestDb) {
+    seed_catalog(&db).await;
+    const MEMBERS: usize = 30;
+    let members: Vec<String> = (0..MEMBERS).map(|i| format!("r{i:03}")).collect();
+    let mut sql = String::new();
+    for id in &members {
+        sql.push_str(&member_sql(id, "active"));
+    }
+    exec(&db, &sql).await;
+    let cadence = CadencePolicy::new(1000, DAY).unwrap();
+    let other_store = db.connect_again().await;
+    for round in 0..4 {
+        let alert = alert_in(&db, AlertState::Sending).await;
+        let now = db.clock_now();
+        let lapsed = now.plus(CLAIM_TTL);
+        let alerts = db.store.brand_alerts();
+        alerts
+            .claim_sends(&alert.id, &members, &cadence, CLAIM_TTL, now)
+            .await
+            .unwrap();
+        // The first process confirms every send just as another takes over
+        // the lapsed claims, from its own connections.
+        let sent: Vec<SentMessage> = members
+            .iter()
+            .map(|m| SentMessage {
+                member_id: m.clone(),
+                provider_message_id: None,
+            })
+            .collect();
+        let (a_store, b_store) = (db.store.clone(), other_store.clone());
+        let (a_id, b_id) = (alert.id.clone(), alert.id.clone());
+        let mut b_batch = members.clone();
+        if round % 2 == 1 {
+            b_batch.reverse();
+        }
+        let order = b_batch.clone();
+        let a = tokio::spawn(async move {
+            a_store
+                .brand_alerts()
+                .confirm_sent(&a_id, &sent, lapsed)
+                .await
+                .unwrap()
+        });
+        let b = tokio::spawn(async move {
+            b_store
+                .brand_alerts()
+                .claim_sends(&b_id, &b_batch, &cadence, CLAIM_TTL, lapsed)
+                .await
+                .unwrap()
+        });
+        a.await.unwrap();
+        let taken_over = b.await.unwrap();
+        // The taker-over sends and confirms what it claimed.
+        let resent: Vec<SentMessage> = order
+            .iter()
+            .zip(&taken_over)
+            .filter(|(_, outcome)| matches!(outcome, ClaimOutcome::Claimed { .. }))
+            .map(|(m, _)| SentMessage {
+                member_id: m.clone(),
+                provider_message_id: None,
+            })
+            .collect();
+        alerts
+            .confirm_sent(&alert.id, &resent, lapsed)
+            .await
+            .unwrap();
+        assert_send_counts_match_the_log(&db, &alert.id).await;
+        assert_eq!(
+            alerts.stats(&alert.id).await.unwrap().sent,
+            MEMBERS as u64,
+            "round {round}"
+        );
+        db.clock.advance(DAY * 2);
     }
     other_store.close().await;
 }
@@ -1338,14 +1455,16 @@ async fn finished_alerts_complete_and_stats_add_up(db: TestDb) {
     );
     assert_eq!(stats.possible_duplicates, 0);
 
-    alerts.add_event_count(id, "delivered", 2).await.unwrap();
-    alerts.add_event_count(id, "delivered", 1).await.unwrap();
-    alerts.add_event_count(id, "open", 1).await.unwrap();
-    alerts.add_event_count(id, "click", 0).await.unwrap();
-    alerts
-        .add_event_count("no-such-alert", "open", 1)
-        .await
-        .unwrap();
+    assert_send_counts_match_the_log(&db, id).await;
+
+    let batch = [
+        email_event(id, "e1", EventType::Delivered, 1),
+        email_event(id, "e2", EventType::Delivered, 2),
+        email_event(id, "e3", EventType::Delivered, 3),
+        email_event(id, "e4", EventType::Open, 4),
+        email_event("no-such-alert", "e5", EventType::Open, 5),
+    ];
+    count_events(&db, &batch).await;
     let stats = alerts.stats(id).await.unwrap();
     assert_eq!(
         stats.events.into_iter().collect::<Vec<_>>(),
@@ -1379,9 +1498,319 @@ async fn finished_alerts_complete_and_stats_add_up(db: TestDb) {
     assert!(alerts.complete_finished(done_at).await.unwrap().is_empty());
     let stats = alerts.stats(id).await.unwrap();
     assert_eq!((stats.queued, stats.sent), (0, 2));
+    assert_send_counts_match_the_log(&db, id).await;
 
     let err = alerts.stats("nope").await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+}
+
+/// A provider event of `alert_id` (the custom arg the mailer sets).
+fn email_event(alert_id: &str, id: &str, event_type: EventType, at: i64) -> EmailEvent {
+    EmailEvent {
+        provider: Provider::SendGrid,
+        provider_event_id: id.into(),
+        event_type,
+        address: format!("{id}@example.com"),
+        occurred_at: Timestamp(at),
+        message_id: Some(format!("msg-{id}")),
+        bounce: None,
+        tags: Vec::new(),
+        custom_args: json!({ "alert_id": alert_id }).as_object().unwrap().clone(),
+        raw: json!({ "sg_event_id": id }),
+    }
+}
+
+fn keys(events: &[EmailEvent]) -> Vec<EventKey> {
+    events.iter().map(EventKey::of).collect()
+}
+
+/// Stores the events (as the webhook ingest does) and counts them (as the
+/// stats subscriber does); every one of them must be new.
+async fn count_events(db: &TestDb, events: &[EmailEvent]) {
+    let stored = db.store.email_events().insert(events).await.unwrap();
+    assert_eq!(stored.len(), events.len(), "events stored before");
+    let counted = db
+        .store
+        .brand_alerts()
+        .count_events(&keys(events))
+        .await
+        .unwrap();
+    assert_eq!(counted, (0..events.len()).collect::<Vec<_>>());
+}
+
+fn timeline_count(start: i64, event_type: &str, count: u64) -> TimelineCount {
+    TimelineCount {
+        bucket_start: Timestamp(start),
+        event_type: event_type.into(),
+        count,
+    }
+}
+
+async fn events_count_once_into_the_stats_and_the_timeline(db: TestDb) {
+    seed_catalog(&db).await;
+    let alert = alert_in(&db, AlertState::Sending).await;
+    let id = alert.id.as_str();
+    let other = alert_in(&db, AlertState::Sending).await;
+    let alerts = db.store.brand_alerts();
+    let minute = TimeBucket::Minute.millis();
+    let hour = TimeBucket::Hour.millis();
+    let day = TimeBucket::Day.millis();
+    let base = START.millis() - START.millis() % day;
+    let mut unmarked = email_event("", "u1", EventType::Open, base + 1);
+    unmarked.custom_args.clear();
+    let batch = vec![
+        email_event(id, "m1", EventType::Delivered, base + 5),
+        email_event(id, "m2", EventType::Delivered, base + minute - 1),
+        email_event(id, "m3", EventType::Open, base + 10),
+        email_event(id, "m4", EventType::Click, base + 3 * minute + 7),
+        email_event(&other.id, "m5", EventType::Open, base + 2 * day),
+        email_event("no-such-alert", "m6", EventType::Open, base + 2 * day),
+        unmarked,
+    ];
+    db.store.email_events().insert(&batch).await.unwrap();
+    // One call repeating a key, and a key never stored.
+    let mut first = keys(&batch);
+    first.push(first[0].clone());
+    first.push(EventKey {
+        provider: Provider::SendGrid,
+        provider_event_id: "never-stored".into(),
+    });
+    assert_eq!(
+        alerts.count_events(&first).await.unwrap(),
+        (0..batch.len()).collect::<Vec<_>>(),
+        "each stored event counts once; the repeat and the unknown key count nothing"
+    );
+    // Redelivered: nothing counts again.
+    assert!(alerts.count_events(&keys(&batch)).await.unwrap().is_empty());
+    assert!(alerts.count_events(&[]).await.unwrap().is_empty());
+
+    let events = alerts.stats(id).await.unwrap().events;
+    assert_eq!(
+        events.into_iter().collect::<Vec<_>>(),
+        vec![
+            ("click".to_string(), 1),
+            ("delivered".to_string(), 2),
+            ("open".to_string(), 1)
+        ]
+    );
+    assert_eq!(
+        alerts.timeline(id).await.unwrap(),
+        EventTimeline {
+            bucket: TimeBucket::Minute,
+            counts: vec![
+                timeline_count(base, "delivered", 2),
+                timeline_count(base, "open", 1),
+                timeline_count(base + 3 * minute, "click", 1),
+            ],
+        },
+        "a span of minutes counts by the minute; another alert's event is left out"
+    );
+    assert_eq!(
+        alerts.timeline(&other.id).await.unwrap().counts,
+        vec![timeline_count(base + 2 * day, "open", 1)]
+    );
+    assert!(alerts
+        .timeline("no-such-alert")
+        .await
+        .unwrap()
+        .counts
+        .is_empty());
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM email_events WHERE stats_counted_at IS NULL"
+        )
+        .await,
+        0,
+        "events of unknown alerts and without one are marked too"
+    );
+
+    // A stored event the subscriber has not counted yet is not charted.
+    db.store
+        .email_events()
+        .insert(&[email_event(id, "late", EventType::Open, base + 90 * minute)])
+        .await
+        .unwrap();
+    assert_eq!(alerts.timeline(id).await.unwrap().counts.len(), 3);
+
+    count_events(
+        &db,
+        &[email_event(
+            id,
+            "h1",
+            EventType::Bounce,
+            base + 5 * hour + 1,
+        )],
+    )
+    .await;
+    let hourly = alerts.timeline(id).await.unwrap();
+    assert_eq!(hourly.bucket, TimeBucket::Hour);
+    assert_eq!(
+        hourly.counts,
+        vec![
+            timeline_count(base, "click", 1),
+            timeline_count(base, "delivered", 2),
+            timeline_count(base, "open", 1),
+            timeline_count(base + 5 * hour, "bounce", 1),
+        ]
+    );
+
+    count_events(
+        &db,
+        &[
+            email_event(id, "d1", EventType::Open, base + 9 * day + 1),
+            email_event(id, "d2", EventType::Open, base + 9 * day + 23 * hour),
+        ],
+    )
+    .await;
+    let daily = alerts.timeline(id).await.unwrap();
+    assert_eq!(daily.bucket, TimeBucket::Day);
+    assert_eq!(
+        daily.counts,
+        vec![
+            timeline_count(base, "bounce", 1),
+            timeline_count(base, "click", 1),
+            timeline_count(base, "delivered", 2),
+            timeline_count(base, "open", 1),
+            timeline_count(base + 9 * day, "open", 2),
+        ],
+        "days sum their hours"
+    );
+    // The chart and the counts agree.
+    let charted: u64 = daily.counts.iter().map(|c| c.count).sum();
+    let counted: u64 = alerts.stats(id).await.unwrap().events.values().sum();
+    assert_eq!(charted, counted);
+}
+
+async fn the_migration_backfills_the_counts_and_new_events_add_to_them(db: TestDb) {
+    seed_catalog(&db).await;
+    seed_audience(&db).await;
+    let alerts = db.store.brand_alerts();
+    let alert = alert_in(&db, AlertState::Sending).await;
+    let id = alert.id.as_str();
+    let now = db.clock_now();
+    let cadence = CadencePolicy::default();
+    let lapsed = now.plus(CLAIM_TTL);
+    alerts
+        .claim_sends(
+            id,
+            &brands(&["a01", "a02", "a04", "a08"]),
+            &cadence,
+            CLAIM_TTL,
+            now,
+        )
+        .await
+        .unwrap();
+    // a08's claim lapses and is taken over: a possible duplicate.
+    alerts
+        .claim_sends(id, &brands(&["a08"]), &cadence, CLAIM_TTL, lapsed)
+        .await
+        .unwrap();
+    let sent = |member: &str| SentMessage {
+        member_id: member.into(),
+        provider_message_id: None,
+    };
+    alerts
+        .confirm_sent(id, &[sent("a01"), sent("a08")], lapsed)
+        .await
+        .unwrap();
+    alerts
+        .mark_failed(id, "a02", "bounce", lapsed)
+        .await
+        .unwrap();
+    let hour = TimeBucket::Hour.millis();
+    let base = START.millis();
+    count_events(
+        &db,
+        &[
+            email_event(id, "old-1", EventType::Delivered, base + 1),
+            email_event(id, "old-2", EventType::Open, base + 2 * hour + 5),
+        ],
+    )
+    .await;
+    // Stored, not yet counted when the migration runs.
+    let pending = [email_event(
+        id,
+        "pending",
+        EventType::Click,
+        base + 3 * hour,
+    )];
+    db.store.email_events().insert(&pending).await.unwrap();
+    let stats_before = alerts.stats(id).await.unwrap();
+    let timeline_before = alerts.timeline(id).await.unwrap();
+    assert_eq!(
+        (
+            stats_before.sent,
+            stats_before.failed,
+            stats_before.skipped,
+            stats_before.possible_duplicates
+        ),
+        (2, 1, 1, 1)
+    );
+
+    // Back to the schema before the aggregates, keeping the rows written
+    // (as a database migrated up to 0010 holds them), and migrate again.
+    exec(
+        &db,
+        "DROP TABLE alert_send_counts; DROP TABLE alert_event_buckets; \
+         ALTER TABLE alert_event_counts DROP COLUMN first_occurred_at; \
+         ALTER TABLE alert_event_counts DROP COLUMN last_occurred_at; \
+         DELETE FROM _sqlx_migrations WHERE version = 11;",
+    )
+    .await;
+    db.store.migrate().await.unwrap();
+    assert_eq!(alerts.stats(id).await.unwrap(), stats_before);
+    assert_eq!(alerts.timeline(id).await.unwrap(), timeline_before);
+    assert_send_counts_match_the_log(&db, id).await;
+
+    // After it, counting goes on from the backfilled figures, once.
+    let mut redelivered = keys(&pending);
+    redelivered.extend(keys(&[email_event(
+        id,
+        "old-1",
+        EventType::Delivered,
+        base + 1,
+    )]));
+    assert_eq!(alerts.count_events(&redelivered).await.unwrap(), vec![0]);
+    count_events(
+        &db,
+        &[email_event(
+            id,
+            "new-1",
+            EventType::Open,
+            base + 2 * hour + 9,
+        )],
+    )
+    .await;
+    alerts
+        .claim_sends(id, &brands(&["a09", "a03"]), &cadence, CLAIM_TTL, lapsed)
+        .await
+        .unwrap();
+    alerts
+        .confirm_sent(id, &[sent("a09")], lapsed)
+        .await
+        .unwrap();
+    assert_send_counts_match_the_log(&db, id).await;
+    let stats = alerts.stats(id).await.unwrap();
+    assert_eq!(
+        stats.events.into_iter().collect::<Vec<_>>(),
+        vec![
+            ("click".to_string(), 1),
+            ("delivered".to_string(), 1),
+            ("open".to_string(), 2)
+        ]
+    );
+    assert_eq!(
+        alerts.timeline(id).await.unwrap(),
+        EventTimeline {
+            bucket: TimeBucket::Hour,
+            counts: vec![
+                timeline_count(base, "delivered", 1),
+                timeline_count(base + 2 * hour, "open", 2),
+                timeline_count(base + 3 * hour, "click", 1),
+            ],
+        }
+    );
 }
 
 async fn prune_deletes_old_rows_of_finished_alerts_only_in_chunks(db: TestDb) {

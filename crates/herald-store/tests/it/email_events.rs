@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use herald_core::email_event::{BounceClass, EmailEvent, EventType, Provider, SourceName};
 use herald_core::Timestamp;
-use herald_store::email_events::{self, EventKey, EventTimeline, TimeBucket, TimelineCount};
+use herald_store::email_events::{self, EventKey};
 use herald_store::StoreError;
 use serde_json::json;
 
@@ -20,10 +20,9 @@ store_suite!(
     stored_event_reads_back_whole,
     recent_events_by_address_and_alert_newest_first,
     counts_by_type_overall_and_per_alert,
-    timeline_counts_types_per_bucket_chosen_from_the_span,
     latest_events_across_alerts_newest_received_first_by_type,
-    stats_mark_is_set_once,
     insert_on_a_held_connection_commits_with_the_caller,
+    overlapping_batches_in_one_transaction_each_report_their_new_events,
     large_batches_span_several_statements,
     empty_ids_are_refused_and_nothing_is_stored,
     prune_deletes_events_received_before_the_cutoff_in_chunks,
@@ -174,74 +173,6 @@ async fn counts_by_type_overall_and_per_alert(db: TestDb) {
     assert!(store.counts_by_type(Some("none")).await.unwrap().is_empty());
 }
 
-async fn timeline_counts_types_per_bucket_chosen_from_the_span(db: TestDb) {
-    let store = db.store.email_events();
-    let minute = TimeBucket::Minute.millis();
-    let hour = TimeBucket::Hour.millis();
-    let day = TimeBucket::Day.millis();
-    let base = 1_700_000_000_000 - 1_700_000_000_000 % day;
-    store
-        .insert(&[
-            event("m1", EventType::Delivered, "a@x.com", base + 5),
-            event("m2", EventType::Delivered, "b@x.com", base + minute - 1),
-            event("m3", EventType::Open, "a@x.com", base + 10),
-            event("m4", EventType::Click, "a@x.com", base + 3 * minute + 7),
-            without_alert(event("m5", EventType::Open, "c@x.com", base + 2 * day)),
-        ])
-        .await
-        .unwrap();
-    let count = |start: i64, event_type: &str, count: u64| TimelineCount {
-        bucket_start: Timestamp(start),
-        event_type: event_type.into(),
-        count,
-    };
-    assert_eq!(
-        store.timeline("alert-1").await.unwrap(),
-        EventTimeline {
-            bucket: TimeBucket::Minute,
-            counts: vec![
-                count(base, "delivered", 2),
-                count(base, "open", 1),
-                count(base + 3 * minute, "click", 1),
-            ],
-        },
-        "a span of minutes counts by the minute; another alert's event is left out"
-    );
-
-    store
-        .insert(&[event(
-            "h1",
-            EventType::Bounce,
-            "d@x.com",
-            base + 5 * hour + 1,
-        )])
-        .await
-        .unwrap();
-    let hourly = store.timeline("alert-1").await.unwrap();
-    assert_eq!(hourly.bucket, TimeBucket::Hour);
-    assert_eq!(
-        hourly.counts,
-        vec![
-            count(base, "click", 1),
-            count(base, "delivered", 2),
-            count(base, "open", 1),
-            count(base + 5 * hour, "bounce", 1),
-        ]
-    );
-
-    store
-        .insert(&[event("d1", EventType::Open, "a@x.com", base + 9 * day + 1)])
-        .await
-        .unwrap();
-    let daily = store.timeline("alert-1").await.unwrap();
-    assert_eq!(daily.bucket, TimeBucket::Day);
-    assert_eq!(daily.counts.len(), 5);
-    assert_eq!(daily.counts[4], count(base + 9 * day, "open", 1));
-
-    let empty = store.timeline("no-such-alert").await.unwrap();
-    assert!(empty.counts.is_empty());
-}
-
 async fn latest_events_across_alerts_newest_received_first_by_type(db: TestDb) {
     let store = db.store.email_events();
     store
@@ -277,35 +208,6 @@ async fn latest_events_across_alerts_newest_received_first_by_type(db: TestDb) {
         1,
         "clamped to one"
     );
-}
-
-async fn stats_mark_is_set_once(db: TestDb) {
-    let store = db.store.email_events();
-    let events = [
-        event("e1", EventType::Open, "a@x.com", 1),
-        event("e2", EventType::Click, "a@x.com", 2),
-    ];
-    store.insert(&events).await.unwrap();
-    let keys: Vec<EventKey> = events.iter().map(EventKey::of).collect();
-    let unknown = EventKey {
-        provider: Provider::SendGrid,
-        provider_event_id: "never-stored".into(),
-    };
-    assert_eq!(
-        store
-            .mark_stats_counted(&[keys[0].clone(), unknown.clone()])
-            .await
-            .unwrap(),
-        vec![0]
-    );
-    db.clock.advance(Duration::from_secs(1));
-    assert_eq!(
-        store.mark_stats_counted(&keys).await.unwrap(),
-        vec![1],
-        "e1 was counted already"
-    );
-    assert!(store.mark_stats_counted(&keys).await.unwrap().is_empty());
-    assert!(store.mark_stats_counted(&[]).await.unwrap().is_empty());
 }
 
 /// The ingest's path: the caller holds the transaction; nothing is visible
@@ -420,4 +322,47 @@ async fn prune_deletes_events_received_before_the_cutoff_in_chunks(db: TestDb) {
         .unwrap();
     assert!(kept.is_some(), "the event received at the cutoff stays");
     assert_eq!(store.prune_received_before(cutoff, 2).await.unwrap(), 0);
+}
+
+/// A group commit stores several batches in one transaction; a later batch
+/// repeating events of an earlier one must report only its own new events.
+async fn overlapping_batches_in_one_transaction_each_report_their_new_events(db: TestDb) {
+    let first = [
+        event("e1", EventType::Delivered, "a@x.com", 1),
+        event("e2", EventType::Open, "a@x.com", 2),
+    ];
+    let second = [
+        event("e2", EventType::Open, "a@x.com", 2),
+        event("e3", EventType::Click, "a@x.com", 3),
+        event("e1", EventType::Delivered, "a@x.com", 1),
+        event("e4", EventType::Click, "a@x.com", 4),
+    ];
+    let now = db.clock_now();
+    let (a, b) = if let Some(sqlite) = db.store.sqlite() {
+        let mut conn = sqlite.writer.acquire().await.unwrap();
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+        let a = email_events::sqlite::insert_new(&mut tx, &first, now)
+            .await
+            .unwrap();
+        let rows = email_events::EventRows::of(&second).unwrap();
+        let b = email_events::sqlite::insert_rows(&mut tx, &rows, now)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        (a, b)
+    } else {
+        let pg = db.store.postgres().unwrap();
+        let mut tx = pg.pool.begin().await.unwrap();
+        let a = email_events::postgres::insert_new(&mut tx, &first, now)
+            .await
+            .unwrap();
+        let b = email_events::postgres::insert_new(&mut tx, &second, now)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        (a, b)
+    };
+    assert_eq!(a, vec![0, 1]);
+    assert_eq!(b, vec![1, 3]);
+    assert_eq!(db.store.email_events().count().await.unwrap(), 4);
 }

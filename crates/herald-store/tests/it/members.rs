@@ -19,6 +19,7 @@ store_suite!(
     member_patch_changes_only_given_fields,
     upsert_batch_lets_the_last_entry_win,
     existing_reports_only_known_members,
+    get_many_reads_the_known_members_of_a_list,
     affinities_are_set_listed_and_deleted,
     affinity_needs_a_known_member_and_brand,
     deleting_a_member_removes_affinities_and_subscriptions,
@@ -203,6 +204,19 @@ async fn existing_reports_only_known_members(db: TestDb) {
     let found = members.existing(&["m1", "m2"]).await.unwrap();
     assert_eq!(found.into_iter().collect::<Vec<_>>(), ["m1"]);
     assert!(members.existing(&[]).await.unwrap().is_empty());
+}
+
+async fn get_many_reads_the_known_members_of_a_list(db: TestDb) {
+    let members = db.store.members();
+    for (id, email) in [("m1", "a@example.com"), ("m2", "b@example.com")] {
+        members.upsert(&member(id, email)).await.unwrap();
+    }
+    let mut found = members.get_many(&["m2", "nobody", "m1"]).await.unwrap();
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(found.len(), 2);
+    assert_eq!(found[0], members.get("m1").await.unwrap().unwrap());
+    assert_eq!(found[1].email, "b@example.com");
+    assert!(members.get_many(&[]).await.unwrap().is_empty());
 }
 
 async fn affinities_are_set_listed_and_deleted(db: TestDb) {

@@ -941,7 +941,7 @@ async fn load_page(
         .email_events()
         .recent_for_alert(id, EVENT_TAIL)
         .await?;
-    let timeline = store.email_events().timeline(id).await?;
+    let timeline = store.brand_alerts().timeline(id).await?;
     let facts = AlertFacts {
         alert: &alert,
         stats: &stats,

@@ -108,6 +108,10 @@ pub struct DeliveryBenchReport {
     pub setup_secs: f64,
     pub herald_secs: f64,
     pub herald_per_sec: f64,
+    /// CPU time (user + system) of the benchmark's process, which runs the
+    /// mailer, over Herald's phase, per message; steadier than the rate
+    /// on a machine shared with other work. `None` without `/proc`.
+    pub herald_cpu_us_per_message: Option<f64>,
     pub source_secs: f64,
     pub source_per_sec: f64,
     pub ratio: f64,
@@ -155,6 +159,9 @@ impl fmt::Display for DeliveryBenchReport {
             "rate ratio herald/smtp-source: {:.2} (target at least {TARGET_RATIO})",
             self.ratio
         )?;
+        if let Some(cpu) = self.herald_cpu_us_per_message {
+            writeln!(f, "herald CPU (user + system) per message: {cpu:.0} µs")?;
+        }
         write!(
             f,
             "sink received {} from Herald and {} from smtp-source; send log: {} sent \
@@ -244,7 +251,11 @@ pub async fn run_delivery_bench(opts: DeliveryBenchOptions) -> anyhow::Result<De
         clock,
     )?;
 
+    let cpu_before = process_cpu();
     let herald = time_mailer(mailer, &db_path, &alert.id, opts.messages).await;
+    let herald_cpu_us_per_message = cpu_before
+        .zip(process_cpu())
+        .map(|(before, after)| (after - before).as_secs_f64() * 1e6 / opts.messages as f64);
     store.close().await;
     let (herald_elapsed, mailer_report, sent_in_send_log) = herald?;
     let sink_received_from_herald = sink.wait_for_count(opts.messages).await?;
@@ -305,6 +316,7 @@ pub async fn run_delivery_bench(opts: DeliveryBenchOptions) -> anyhow::Result<De
         setup_secs,
         herald_secs: herald_elapsed.as_secs_f64(),
         herald_per_sec,
+        herald_cpu_us_per_message,
         source_secs: source_elapsed.as_secs_f64(),
         source_per_sec,
         ratio: herald_per_sec / source_per_sec,
@@ -556,6 +568,17 @@ fn last_message_count(output: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// User + system CPU time of this process so far, from `/proc/self/stat`
+/// (in clock ticks of 1/100 s, Linux's fixed USER_HZ).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may
+    // hold spaces: state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+}
+
 fn effective_uid_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -622,6 +645,7 @@ mod tests {
         assert!(report.message_bytes > 2_000, "{report:?}");
         assert!(report.herald_per_sec > 0.0 && report.source_per_sec > 0.0);
         assert!(report.to_string().contains("rate ratio herald/smtp-source"));
+        assert!(report.herald_cpu_us_per_message.is_some(), "{report:?}");
         assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
     }
 
@@ -659,6 +683,40 @@ mod tests {
         ] {
             let err = run_delivery_bench(opts).await.unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    /// The benchmark's (and the demo's) template goes out assembled, and
+    /// exactly as the full render would have it.
+    #[test]
+    fn the_demo_template_is_assembled_exactly_as_it_renders() {
+        use herald_mail::{PreparedAlert, RenderContext, Template, TemplateSource};
+
+        let template = Arc::new(
+            Template::compile(&TemplateSource {
+                subject: "{{ alert.subject }}".to_owned(),
+                html: crate::demo::DEMO_TEMPLATE_HTML.to_owned(),
+                text: None,
+            })
+            .unwrap(),
+        );
+        let example = RenderContext::example();
+        let prepared = PreparedAlert::new(
+            template.clone(),
+            example.alert.clone(),
+            example.brands.clone(),
+            example.sales.clone(),
+        );
+        assert!(prepared.is_fast());
+        for first_name in [Some("Ada"), None, Some("O'Brien & <Co>"), Some("Mary Ann")] {
+            let mut ctx = example.clone();
+            ctx.member.first_name = first_name.map(str::to_owned);
+            ctx.unsubscribe_url = format!("{}-{}", ctx.unsubscribe_url, "x".repeat(90));
+            assert_eq!(
+                prepared.render(&ctx.member, &ctx.unsubscribe_url).unwrap(),
+                template.render(&ctx).unwrap(),
+                "{first_name:?}"
+            );
         }
     }
 

@@ -98,6 +98,12 @@ pub struct IngestBenchReport {
     pub stored: u64,
     /// Messages on the statistics subscriber's queue afterwards.
     pub published_to_stats: u64,
+    /// Transactions Herald's single writer committed.
+    pub writer_transactions: u64,
+    /// Mean time the writer spent per batch, inside its transactions: the
+    /// serial part of the work, which bounds throughput at
+    /// `batch_size / writer_ms_per_batch` whatever the cores.
+    pub writer_ms_per_batch: f64,
 }
 
 impl fmt::Display for IngestBenchReport {
@@ -125,12 +131,19 @@ impl fmt::Display for IngestBenchReport {
              herald {:.0} events/s (target at least {TARGET_EVENTS_PER_SEC:.0})",
             self.ratio, self.herald_events_per_sec
         )?;
-        write!(
+        writeln!(
             f,
             "stored {} events; {} published to {}",
             self.stored,
             self.published_to_stats,
             stats_queue()
+        )?;
+        write!(
+            f,
+            "writer: {:.2} ms per batch in {} transactions ({:.1} batches each)",
+            self.writer_ms_per_batch,
+            self.writer_transactions,
+            self.batches as f64 / self.writer_transactions.max(1) as f64
         )
     }
 }
@@ -160,9 +173,10 @@ pub async fn run_ingest_bench(options: IngestBenchOptions) -> anyhow::Result<Ing
     let events = (options.batches * options.batch_size) as u64;
 
     let run_dir = RunDir::create(options.dir.as_deref())?;
-    let (herald, store, bus) = herald_server(&run_dir, &signer).await?;
+    let (herald, store, bus, sink) = herald_server(&run_dir, &signer).await?;
     let herald_elapsed = post_all(&herald.address, &batches, options.connections, true).await?;
     herald.shutdown.cancel();
+    let writer = sink.stats();
     let stored = store.email_events().count().await?;
     let published_to_stats = bus.stats(&stats_queue()).await?.visible;
     store.close().await;
@@ -188,6 +202,8 @@ pub async fn run_ingest_bench(options: IngestBenchOptions) -> anyhow::Result<Ing
         ratio: herald_events_per_sec / bare_events_per_sec.max(1e-9),
         stored,
         published_to_stats,
+        writer_transactions: writer.transactions,
+        writer_ms_per_batch: writer.busy.as_secs_f64() * 1000.0 / writer.batches.max(1) as f64,
     })
 }
 
@@ -246,7 +262,7 @@ async fn serve(router: axum::Router) -> anyhow::Result<Running> {
 async fn herald_server(
     run_dir: &RunDir,
     signer: &SendGridSigner,
-) -> anyhow::Result<(Running, Store, Arc<EmbeddedBus>)> {
+) -> anyhow::Result<(Running, Store, Arc<EmbeddedBus>, Arc<EmbeddedSink>)> {
     let store = Store::connect(&format!(
         "sqlite://{}",
         run_dir.path().join("herald.db").display()
@@ -271,8 +287,9 @@ async fn herald_server(
         SIGNING_KEY,
         clock.clone(),
     )?;
+    let sink = Arc::new(EmbeddedSink::new(bus.clone(), clock.clone()));
     let receivers = WebhookReceivers {
-        sink: Arc::new(EmbeddedSink::new(bus.clone(), clock.clone())),
+        sink: sink.clone(),
         sendgrid: Some(SendGridVerifier::new(&signer.public_key_b64())?),
         sparkpost: None,
         generic: Default::default(),
@@ -286,7 +303,7 @@ async fn herald_server(
         request_timeout: Duration::from_secs(60),
     };
     let running = serve(herald_server::router(state, limits)).await?;
-    Ok((running, store, bus))
+    Ok((running, store, bus, sink))
 }
 
 /// The reference: read the whole body, answer 200.
@@ -378,6 +395,8 @@ mod tests {
         assert_eq!(report.stored, 300);
         // delivered, open, click and bounce with an alert: 7 of every 10.
         assert_eq!(report.published_to_stats, 210);
+        assert!(report.writer_transactions >= 1 && report.writer_transactions <= 6);
+        assert!(report.writer_ms_per_batch > 0.0);
         assert!(report.herald_events_per_sec > 0.0 && report.bare_events_per_sec > 0.0);
         assert!(report.to_string().contains("ratio herald / bare handler"));
     }
