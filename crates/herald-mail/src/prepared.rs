@@ -35,7 +35,7 @@ use crate::render::{
     derive_text, inline_css, one_line, AlertContext, BrandContext, MemberContext, RenderContext,
     RenderError, RenderedEmail, SaleContext,
 };
-use crate::template::{environment, Template, TemplatePart, TemplateSource};
+use crate::template::{environment, find, find_endraw, Template, TemplatePart, TemplateSource};
 
 /// Markers are private-use characters of plane 15; a template, alert or
 /// member holding any character of that plane takes the full render.
@@ -357,25 +357,6 @@ fn scan(source: &str) -> Option<Vec<Tag>> {
         }
     }
     Some(tags)
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The byte just past the `{% endraw %}` ending a raw block's body.
-fn find_endraw(rest: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(open) = find(&rest[from..], b"{%") {
-        let at = from + open;
-        let close = find(&rest[at..], b"%}")?;
-        let inner = String::from_utf8_lossy(&rest[at + 2..at + close]);
-        if inner.trim_matches(|c: char| c.is_whitespace() || "-+~".contains(c)) == "endraw" {
-            return Some(at + close + 2);
-        }
-        from = at + 2;
-    }
-    None
 }
 
 /// Text cut at markers: `text[0]`, value of `slots[0]`, `text[1]`, ...

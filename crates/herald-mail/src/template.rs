@@ -368,7 +368,7 @@ fn tag_identifiers(source: &str) -> Vec<IdentRef<'_>> {
                     continue;
                 }
                 if rest.starts_with(b"{%") && is_raw_block(rest) {
-                    let end = find_endraw(rest).unwrap_or(rest.len());
+                    let end = find_endraw(&rest[2..]).map_or(rest.len(), |e| e + 2);
                     line += count_newlines(&rest[..end]);
                     i += end;
                     continue;
@@ -436,7 +436,7 @@ fn tag_identifiers(source: &str) -> Vec<IdentRef<'_>> {
     refs
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
@@ -453,9 +453,10 @@ fn is_raw_block(rest: &[u8]) -> bool {
     inner.trim_matches(|c: char| c.is_whitespace() || "-+~".contains(c)) == "raw"
 }
 
-/// The byte just past the `{% endraw %}` that closes a raw block.
-fn find_endraw(rest: &[u8]) -> Option<usize> {
-    let mut from = 2;
+/// The byte just past the first `{% endraw %}` in `rest`, the body of a raw
+/// block.
+pub(crate) fn find_endraw(rest: &[u8]) -> Option<usize> {
+    let mut from = 0;
     while let Some(open) = find(&rest[from..], b"{%") {
         let at = from + open;
         let close = find(&rest[at..], b"%}")?;
