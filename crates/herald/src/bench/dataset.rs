@@ -29,6 +29,7 @@ use herald_store::brand_alerts::NewBrandAlert;
 use herald_store::catalog::{NewSale, NewTemplate};
 use herald_store::{SqliteDb, Store};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::ConnectOptions;
 use sqlx::{Connection, Row, SqliteConnection};
 
 use crate::demo::DEMO_TEMPLATE_HTML;
@@ -284,7 +285,10 @@ async fn bulk_load(
         .journal_mode(SqliteJournalMode::Off)
         .synchronous(SqliteSynchronous::Off)
         .foreign_keys(false)
-        .pragma("cache_size", "-65536");
+        .pragma("cache_size", "-65536")
+        // Bulk statements over millions of rows are meant to be slow; a
+        // warning per statement would bury the benchmark's own report.
+        .log_slow_statements(tracing::log::LevelFilter::Off, Duration::MAX);
     let mut conn = open_exclusive(&options).await?;
     let indexes = drop_indexes(&mut conn).await?;
 
@@ -510,7 +514,10 @@ pub(crate) async fn count_audience(
     path: &Path,
     dataset: &Dataset,
 ) -> anyhow::Result<AudienceCounts> {
-    let options = SqliteConnectOptions::new().filename(path).read_only(true);
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .log_slow_statements(tracing::log::LevelFilter::Off, Duration::MAX);
     let mut conn = SqliteConnection::connect_with(&options)
         .await
         .map_err(load_err("open for counting"))?;
