@@ -739,6 +739,37 @@ async fn route_to_subscribers(
     Ok(routed)
 }
 
+/// Stores a copy of each message for every subscription of `topic` whose
+/// filter lets it through, in the caller's transaction; returns the copies'
+/// ids message by message and the queues that got messages (to wake once
+/// the caller commits).
+async fn publish_in(
+    conn: &mut SqliteConnection,
+    topic: &TopicName,
+    messages: &[OutgoingMessage],
+    sweep: &DedupSweep,
+    now: Timestamp,
+) -> BusResult<(Vec<MessageId>, Vec<QueueName>)> {
+    const OP: &str = "publish";
+    check_topic(conn, OP, topic).await?;
+    let subs: Vec<(String, String)> = sqlx::query_as(TOPIC_SUBSCRIPTIONS)
+        .bind(topic.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err(OP))?;
+    let routed = route_to_subscribers(conn, OP, subs, messages).await?;
+    let targets: Vec<Target<'_>> = routed
+        .iter()
+        .map(|(q, matching)| Target {
+            queue: q,
+            messages: matching.iter().map(|&i| &messages[i]).collect(),
+        })
+        .collect();
+    let ids = insert_messages(conn, OP, &targets, sweep, now).await?;
+    let queues = routed.iter().map(|(q, _)| q.name.clone()).collect();
+    Ok((copies_by_message(messages.len(), &routed, ids), queues))
+}
+
 /// The ids of a publish's copies, message by message.
 fn copies_by_message(
     messages: usize,
@@ -1340,25 +1371,10 @@ impl Bus for EmbeddedBus {
         let now = self.clock.now();
         let mut conn = self.writer(OP).await?;
         let mut tx = begin(&mut conn, OP).await?;
-        check_topic(&mut tx, OP, topic).await?;
-        let subs: Vec<(String, String)> = sqlx::query_as(TOPIC_SUBSCRIPTIONS)
-            .bind(topic.as_str())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err(OP))?;
-        let routed = route_to_subscribers(&mut tx, OP, subs, &messages).await?;
-        let targets: Vec<Target<'_>> = routed
-            .iter()
-            .map(|(q, matching)| Target {
-                queue: q,
-                messages: matching.iter().map(|&i| &messages[i]).collect(),
-            })
-            .collect();
-        let ids = insert_messages(&mut tx, OP, &targets, &self.sweep, now).await?;
-        let copies = copies_by_message(messages.len(), &routed, ids);
+        let (copies, queues) = publish_in(&mut tx, topic, &messages, &self.sweep, now).await?;
         tx.commit().await.map_err(db_err(OP))?;
-        for (queue, _) in &routed {
-            self.wake(queue.name.as_str());
+        for queue in &queues {
+            self.wake(queue.as_str());
         }
         Ok(copies)
     }

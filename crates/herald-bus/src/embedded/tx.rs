@@ -18,11 +18,7 @@ use std::collections::BTreeSet;
 use herald_core::{Clock, TopicName};
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
-use super::sql::TOPIC_SUBSCRIPTIONS;
-use super::{
-    check_topic, copies_by_message, db_err, insert_messages, route_to_subscribers, EmbeddedBus,
-    Target,
-};
+use super::{db_err, publish_in, EmbeddedBus};
 use crate::{BusResult, MessageId, OutgoingMessage};
 
 /// A transaction on the store's writer connection that can also publish.
@@ -73,27 +69,12 @@ impl EmbeddedTx<'_> {
         topic: &TopicName,
         messages: &[OutgoingMessage],
     ) -> BusResult<Vec<MessageId>> {
-        const OP: &str = "publish";
         let now = self.bus.clock.now();
-        let conn: &mut SqliteConnection = &mut self.tx;
-        check_topic(conn, OP, topic).await?;
-        let subs: Vec<(String, String)> = sqlx::query_as(TOPIC_SUBSCRIPTIONS)
-            .bind(topic.as_str())
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db_err(OP))?;
-        let routed = route_to_subscribers(conn, OP, subs, messages).await?;
-        let targets: Vec<Target<'_>> = routed
-            .iter()
-            .map(|(q, matching)| Target {
-                queue: q,
-                messages: matching.iter().map(|&i| &messages[i]).collect(),
-            })
-            .collect();
-        let ids = insert_messages(conn, OP, &targets, &self.bus.sweep, now).await?;
+        let (copies, queues) =
+            publish_in(&mut self.tx, topic, messages, &self.bus.sweep, now).await?;
         self.targets
-            .extend(routed.iter().map(|(q, _)| q.name.as_str().to_owned()));
-        Ok(copies_by_message(messages.len(), &routed, ids))
+            .extend(queues.iter().map(|q| q.as_str().to_owned()));
+        Ok(copies)
     }
 
     /// Commits the caller's writes and the published messages together,
