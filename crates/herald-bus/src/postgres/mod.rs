@@ -729,6 +729,18 @@ impl PostgresBus {
         }
     }
 
+    /// Deletes a bounded number of expired dedup records. Run outside the
+    /// write's transaction: the records it deletes stay locked only for the
+    /// moment of the delete.
+    async fn prune_expired_dedup(&self, operation: &'static str) -> BusResult<()> {
+        sqlx::query(PRUNE_DEDUP)
+            .bind(DEDUP_PRUNE)
+            .execute(&self.db.pool)
+            .await
+            .map_err(db_err(operation))?;
+        Ok(())
+    }
+
     /// Sends messages with dedup keys or groups in one transaction.
     async fn send_locked(
         &self,
@@ -737,13 +749,7 @@ impl PostgresBus {
     ) -> BusResult<Vec<MessageId>> {
         const OP: &str = "send";
         if messages.iter().any(|m| m.dedup_key.is_some()) {
-            // Outside the transaction: the records it deletes stay locked
-            // only for the moment of the delete.
-            sqlx::query(PRUNE_DEDUP)
-                .bind(DEDUP_PRUNE)
-                .execute(&self.db.pool)
-                .await
-                .map_err(db_err(OP))?;
+            self.prune_expired_dedup(OP).await?;
         }
         let mut tx = self.begin(OP).await?;
         let q = load_queue(&mut tx, OP, queue).await?;
@@ -875,12 +881,7 @@ impl Bus for PostgresBus {
             .iter()
             .any(|(_, messages)| messages.iter().any(|m| m.dedup_key.is_some()))
         {
-            // Outside the transaction, as in send_locked.
-            sqlx::query(PRUNE_DEDUP)
-                .bind(DEDUP_PRUNE)
-                .execute(&self.db.pool)
-                .await
-                .map_err(db_err(OP))?;
+            self.prune_expired_dedup(OP).await?;
         }
         let mut tx = self.begin(OP).await?;
         let mut targets: Vec<(QueueRow, Vec<&OutgoingMessage>)> = Vec::with_capacity(sends.len());
