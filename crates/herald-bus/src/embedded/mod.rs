@@ -24,8 +24,8 @@ use bytes::Bytes;
 use herald_core::time::duration_millis;
 use herald_core::{Clock, QueueName, SystemClock, Timestamp, TopicName};
 use herald_store::SqliteDb;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::{Arguments, Encode, Row, Sqlite, SqliteConnection, Transaction, Type};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -360,24 +360,51 @@ async fn insert_messages(
         ids[t][i] = ids[t][earlier].clone();
     }
 
-    for chunk in fresh.chunks(INSERT_CHUNK) {
-        let sql = insert_sql(chunk.len());
-        let mut query = sqlx::query(&sql);
+    // Each statement's values are copied into it while the statement before
+    // it runs on the connection's own thread.
+    let chunks: Vec<&[(usize, usize)]> = fresh.chunks(INSERT_CHUNK).collect();
+    let Some(&first) = chunks.first() else {
+        return Ok(ids);
+    };
+    let values = |chunk: &[(usize, usize)]| -> BusResult<SqliteArguments<'static>> {
+        let mut args = SqliteArguments::default();
+        args.reserve(chunk.len() * 7, 0);
         for &(t, i) in chunk {
             let m = targets[t].messages[i];
             let ready_at = m.delay.map_or(now, |d| now.plus(d));
-            query = query
-                .bind(targets[t].queue.id)
-                .bind(now.0)
-                .bind(ids[t][i].0.as_str())
-                .bind(&m.body[..])
-                .bind(attributes_json(&m.attributes)?)
-                .bind(m.group.as_deref())
-                .bind(ready_at.0);
+            add(&mut args, targets[t].queue.id)?;
+            add(&mut args, now.0)?;
+            add(&mut args, ids[t][i].0.clone())?;
+            add(&mut args, m.body.to_vec())?;
+            add(&mut args, attributes_json(&m.attributes)?)?;
+            add(&mut args, m.group.clone())?;
+            add(&mut args, ready_at.0)?;
         }
-        query.execute(&mut *conn).await.map_err(db_err(operation))?;
+        Ok(args)
+    };
+    let mut next = values(first)?;
+    for (k, chunk) in chunks.iter().enumerate() {
+        let sql = insert_sql(chunk.len());
+        let current = std::mem::take(&mut next);
+        let (done, built) =
+            tokio::join!(sqlx::query_with(&sql, current).execute(&mut *conn), async {
+                chunks.get(k + 1).map(|c| values(c)).transpose()
+            },);
+        done.map_err(db_err(operation))?;
+        next = built?.unwrap_or_default();
     }
     Ok(ids)
+}
+
+/// Adds one value to a statement's arguments.
+fn add<T: Encode<'static, Sqlite> + Type<Sqlite> + 'static>(
+    args: &mut SqliteArguments<'static>,
+    value: T,
+) -> BusResult<()> {
+    args.add(value).map_err(|e| BusError::InvalidArgument {
+        field: "message",
+        message: e.to_string(),
+    })
 }
 
 /// Moves the messages `seqs_json` names to the queue `target_id`, in their

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{event_objects, kind_of, parse_json, Fields, ParseError};
+use super::{kind_of, parse_json, Fields, ParseError};
 use crate::email_event::{BounceClass, EmailEvent, EventType, Provider};
 
 /// SendGrid's own event keys (documented event fields); everything else on
@@ -56,17 +56,28 @@ const STANDARD_KEYS: &[&str] = &[
     "variation_id",
 ];
 
-/// Parses a SendGrid event batch.
+/// Parses a SendGrid event batch. Each event object is moved into its
+/// event's `raw`, not copied: a batch holds thousands of them.
 pub fn parse(body: &[u8]) -> Result<Vec<EmailEvent>, ParseError> {
-    let doc = parse_json(body)?;
-    let Value::Array(items) = &doc else {
-        return Err(ParseError::BodyShape {
-            expected: "a JSON array of events",
-            found: kind_of(&doc),
-        });
+    let items = match parse_json(body)? {
+        Value::Array(items) => items,
+        doc => {
+            return Err(ParseError::BodyShape {
+                expected: "a JSON array of events",
+                found: kind_of(&doc),
+            })
+        }
     };
-    event_objects(items)
-        .map(|item| item.and_then(|(index, obj)| event(index, obj)))
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| match item {
+            Value::Object(obj) => event(index, obj),
+            other => Err(ParseError::EventShape {
+                index,
+                found: kind_of(&other),
+            }),
+        })
         .collect()
 }
 
@@ -86,15 +97,15 @@ pub fn event_type(name: &str) -> EventType {
     }
 }
 
-fn event(index: usize, obj: &Map<String, Value>) -> Result<EmailEvent, ParseError> {
-    let f = Fields::new(index, obj);
+fn event(index: usize, obj: Map<String, Value>) -> Result<EmailEvent, ParseError> {
+    let f = Fields::new(index, &obj);
     let event_type = event_type(f.str("event")?);
     let bounce = if event_type == EventType::Bounce {
         bounce_class(&f)?
     } else {
         None
     };
-    Ok(EmailEvent {
+    let event = EmailEvent {
         provider: Provider::SendGrid,
         provider_event_id: f.str("sg_event_id")?.to_owned(),
         address: f.address("email")?,
@@ -107,8 +118,12 @@ fn event(index: usize, obj: &Map<String, Value>) -> Result<EmailEvent, ParseErro
             .filter(|(key, _)| !STANDARD_KEYS.contains(&key.as_str()))
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect(),
-        raw: Value::Object(obj.clone()),
+        raw: Value::Null,
         event_type,
+    };
+    Ok(EmailEvent {
+        raw: Value::Object(obj),
+        ..event
     })
 }
 

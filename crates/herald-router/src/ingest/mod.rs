@@ -24,10 +24,11 @@ use async_trait::async_trait;
 use herald_bus::{
     Bus, BusError, Condition, FilterPolicy, OutgoingMessage, QueueConfig, Subscription,
 };
-use herald_core::email_event::{EmailEvent, EventType};
-use herald_core::{QueueName, TopicName};
-use herald_store::email_events::{alert_id, ALERT_ID_ARG};
+use herald_core::email_event::{BounceClass, EmailEvent, EventType, Provider};
+use herald_core::{QueueName, Timestamp, TopicName};
+use herald_store::email_events::{alert_id, JsonColumns, ALERT_ID_ARG};
 use herald_store::StoreError;
+use serde::Serialize;
 
 pub use sinks::{EmbeddedSink, PostgresSink, WriterStats};
 
@@ -121,17 +122,84 @@ pub trait EventSink: Send + Sync + 'static {
 /// table already keeps a provider event to one publication, for longer than
 /// any dedup window would, and the copies save a dedup record each.
 pub fn event_message(event: &EmailEvent) -> Result<OutgoingMessage, IngestError> {
-    let body = serde_json::to_vec(event).map_err(|e| BusError::InvalidArgument {
+    let body = serde_json::to_vec(event).map_err(body_error)?;
+    Ok(message_of(event, body))
+}
+
+/// As [`event_message`], for an event whose JSON columns the store has
+/// already serialized: they are the last fields of the event's JSON, so the
+/// body reuses them instead of serializing them (most of the body) again.
+/// The body is byte for byte the one [`event_message`] builds.
+pub fn event_message_with(
+    event: &EmailEvent,
+    json: JsonColumns<'_>,
+) -> Result<OutgoingMessage, IngestError> {
+    Ok(message_of(event, event_body(event, json)?))
+}
+
+fn body_error(e: serde_json::Error) -> IngestError {
+    IngestError::Bus(BusError::InvalidArgument {
         field: "body",
         message: e.to_string(),
-    })?;
+    })
+}
+
+fn message_of(event: &EmailEvent, body: Vec<u8>) -> OutgoingMessage {
     let mut message = OutgoingMessage::new(body)
         .attribute("provider", event.provider.to_string())
         .attribute("type", event.event_type.as_str());
     if let Some(alert) = alert_id(event) {
         message = message.attribute(ALERT_ID_ARG, alert);
     }
-    Ok(message)
+    message
+}
+
+/// The fields of [`EmailEvent`] before `tags`, `custom_args` and `raw`, in
+/// its order and serialized as it serializes them.
+#[derive(Serialize)]
+struct EventHead<'a> {
+    provider: &'a Provider,
+    provider_event_id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a EventType,
+    address: &'a str,
+    occurred_at: Timestamp,
+    message_id: Option<&'a str>,
+    bounce: Option<BounceClass>,
+}
+
+fn event_body(event: &EmailEvent, json: JsonColumns<'_>) -> Result<Vec<u8>, IngestError> {
+    let tail = [
+        ("tags", json.tags),
+        ("custom_args", json.custom_args),
+        ("raw", json.raw),
+    ];
+    let mut body = Vec::with_capacity(
+        160 + event.provider_event_id.len()
+            + event.address.len()
+            + tail.iter().map(|(_, v)| v.len() + 16).sum::<usize>(),
+    );
+    let head = EventHead {
+        provider: &event.provider,
+        provider_event_id: &event.provider_event_id,
+        event_type: &event.event_type,
+        address: &event.address,
+        occurred_at: event.occurred_at,
+        message_id: event.message_id.as_deref(),
+        bounce: event.bounce,
+    };
+    serde_json::to_writer(&mut body, &head).map_err(body_error)?;
+    // An object always ends with its closing brace; the tail goes before it.
+    let closing = body.pop();
+    debug_assert_eq!(closing, Some(b'}'));
+    for (key, value) in tail {
+        body.extend_from_slice(b",\"");
+        body.extend_from_slice(key.as_bytes());
+        body.extend_from_slice(b"\":");
+        body.extend_from_slice(value.as_bytes());
+    }
+    body.push(b'}');
+    Ok(body)
 }
 
 /// Creates the `email-events` topic and Herald's own subscriber queues,
@@ -196,5 +264,54 @@ mod tests {
         assert_eq!(message.attributes[ALERT_ID_ARG], "alert-7");
         let body: EmailEvent = serde_json::from_slice(&message.body).unwrap();
         assert_eq!(body, event);
+    }
+
+    /// The spliced body must stay the event's own JSON, whatever the event
+    /// holds; a field added to `EmailEvent` fails this until the head has it.
+    #[test]
+    fn bodies_spliced_from_the_store_columns_are_the_event_json() {
+        let plain = EmailEvent {
+            provider: Provider::SendGrid,
+            provider_event_id: "ev-\"1\"\u{e9}".into(),
+            event_type: EventType::Open,
+            address: "A@Example.com".into(),
+            occurred_at: Timestamp(1_795_000_000_000),
+            message_id: None,
+            bounce: None,
+            tags: vec![],
+            custom_args: Default::default(),
+            raw: json!({}),
+        };
+        let full = EmailEvent {
+            provider: Provider::Generic(
+                herald_core::email_event::SourceName::parse("src").unwrap(),
+            ),
+            event_type: EventType::from_name("group_resubscribe"),
+            message_id: Some("m<1>".into()),
+            bounce: Some(herald_core::email_event::BounceClass::Soft),
+            tags: vec!["a".into(), "b\n".into()],
+            custom_args: json!({"alert_id": 7, "x": [1, {"y": null}]})
+                .as_object()
+                .unwrap()
+                .clone(),
+            raw: json!({"z": 1, "a": "\u{1F600}", "n": 1.5}),
+            ..plain.clone()
+        };
+        let bounce = EmailEvent {
+            event_type: EventType::Bounce,
+            bounce: Some(herald_core::email_event::BounceClass::Hard),
+            ..full.clone()
+        };
+        for event in [plain, full, bounce] {
+            let rows =
+                herald_store::email_events::EventRows::of(std::slice::from_ref(&event)).unwrap();
+            let spliced = event_message_with(&event, rows.json(0).unwrap()).unwrap();
+            let whole = event_message(&event).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&spliced.body),
+                String::from_utf8_lossy(&whole.body)
+            );
+            assert_eq!(spliced.attributes, whole.attributes);
+        }
     }
 }

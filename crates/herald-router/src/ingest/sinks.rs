@@ -14,7 +14,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteSynchronous};
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{email_events_topic, event_message, EventSink, IngestError, IngestOutcome};
+use super::{
+    email_events_topic, event_message, event_message_with, EventSink, IngestError, IngestOutcome,
+};
 
 /// The messages for the new events, in batch order.
 fn messages(events: &[EmailEvent], new: &[usize]) -> Result<Vec<OutgoingMessage>, IngestError> {
@@ -54,10 +56,16 @@ struct Prepared {
 
 impl Prepared {
     fn of(events: &[EmailEvent]) -> Result<Self, IngestError> {
-        Ok(Self {
-            rows: EventRows::of(events)?,
-            messages: events.iter().map(event_message).collect::<Result<_, _>>()?,
-        })
+        let rows = EventRows::of(events)?;
+        let messages = events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| match rows.json(i) {
+                Some(json) => event_message_with(event, json),
+                None => event_message(event),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { rows, messages })
     }
 }
 
@@ -82,6 +90,12 @@ pub struct WriterStats {
     /// Time spent inside the transactions, from `BEGIN` to the end of the
     /// commit.
     pub busy: Duration,
+    /// Of `busy`: beginning the transaction and inserting the events.
+    pub store: Duration,
+    /// Of `busy`: publishing them.
+    pub publish: Duration,
+    /// Of `busy`: the commit.
+    pub commit: Duration,
 }
 
 #[derive(Default)]
@@ -89,16 +103,33 @@ struct Counters {
     transactions: AtomicU64,
     batches: AtomicU64,
     busy_nanos: AtomicU64,
+    store_nanos: AtomicU64,
+    publish_nanos: AtomicU64,
+    commit_nanos: AtomicU64,
+}
+
+/// When each step of a group transaction ended.
+struct Steps {
+    started: Instant,
+    stored: Instant,
+    published: Instant,
+    committed: Instant,
 }
 
 impl Counters {
-    fn record(&self, batches: usize, busy: Duration) {
+    fn record(&self, batches: usize, steps: &Steps) {
+        let add = |counter: &AtomicU64, d: Duration| {
+            counter.fetch_add(
+                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+        };
         self.transactions.fetch_add(1, Ordering::Relaxed);
         self.batches.fetch_add(batches as u64, Ordering::Relaxed);
-        self.busy_nanos.fetch_add(
-            u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        add(&self.busy_nanos, steps.committed - steps.started);
+        add(&self.store_nanos, steps.stored - steps.started);
+        add(&self.publish_nanos, steps.published - steps.stored);
+        add(&self.commit_nanos, steps.committed - steps.published);
     }
 }
 
@@ -155,10 +186,14 @@ impl EmbeddedSink {
     }
 
     pub fn stats(&self) -> WriterStats {
+        let load = |counter: &AtomicU64| Duration::from_nanos(counter.load(Ordering::Relaxed));
         WriterStats {
             transactions: self.stats.transactions.load(Ordering::Relaxed),
             batches: self.stats.batches.load(Ordering::Relaxed),
-            busy: Duration::from_nanos(self.stats.busy_nanos.load(Ordering::Relaxed)),
+            busy: load(&self.stats.busy_nanos),
+            store: load(&self.stats.store_nanos),
+            publish: load(&self.stats.publish_nanos),
+            commit: load(&self.stats.commit_nanos),
         }
     }
 }
@@ -255,10 +290,9 @@ async fn write_group(
     let started = Instant::now();
     let now = clock.now();
     let mut tx = bus.begin_tx().await?;
-    let mut news = Vec::with_capacity(batches.len());
-    for batch in batches.iter() {
-        news.push(email_events::sqlite::insert_rows(tx.conn(), &batch.rows, now).await?);
-    }
+    let rows: Vec<&EventRows> = batches.iter().map(|batch| &batch.rows).collect();
+    let news = email_events::sqlite::insert_batches(tx.conn(), &rows, now).await?;
+    let stored = Instant::now();
     // One publish for the group: a batch whose events are all new lends its
     // messages (moved, not copied) and gets them back below.
     let mut messages = Vec::new();
@@ -276,8 +310,9 @@ async fn write_group(
         if !messages.is_empty() {
             tx.publish_batch(topic, &messages).await?;
         }
+        let published = Instant::now();
         tx.commit().await?;
-        Ok::<_, IngestError>(())
+        Ok::<_, IngestError>(published)
     }
     .await;
     let mut copies = messages.into_iter();
@@ -289,8 +324,14 @@ async fn write_group(
             copies.for_each(drop);
         }
     }
-    written?;
-    stats.record(batches.len(), started.elapsed());
+    let published = written?;
+    let steps = Steps {
+        started,
+        stored,
+        published,
+        committed: Instant::now(),
+    };
+    stats.record(batches.len(), &steps);
     Ok(news)
 }
 

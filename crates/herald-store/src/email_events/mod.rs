@@ -222,6 +222,15 @@ impl EventColumns {
     }
 }
 
+/// An event's JSON columns: `serde_json` text of its `tags`, `custom_args`
+/// and `raw`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonColumns<'a> {
+    pub tags: &'a str,
+    pub custom_args: &'a str,
+    pub raw: &'a str,
+}
+
 /// A batch of events flattened into the columns the store writes. Building
 /// it serializes every event's JSON columns, which costs more than the
 /// insert itself, so a caller with a single writer builds it before taking
@@ -248,6 +257,15 @@ impl EventRows {
 
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
+    }
+
+    /// The JSON columns of row `i`, as serialized for the insert.
+    pub fn json(&self, i: usize) -> Option<JsonColumns<'_>> {
+        self.rows.get(i).map(|row| JsonColumns {
+            tags: &row.tags,
+            custom_args: &row.custom_args,
+            raw: &row.raw,
+        })
     }
 
     /// The indexes of the rows whose keys are in `inserted`: the first

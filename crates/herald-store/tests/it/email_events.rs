@@ -23,6 +23,7 @@ store_suite!(
     latest_events_across_alerts_newest_received_first_by_type,
     insert_on_a_held_connection_commits_with_the_caller,
     overlapping_batches_in_one_transaction_each_report_their_new_events,
+    a_group_of_batches_reports_each_batch_s_new_events,
     large_batches_span_several_statements,
     empty_ids_are_refused_and_nothing_is_stored,
     prune_deletes_events_received_before_the_cutoff_in_chunks,
@@ -365,4 +366,69 @@ async fn overlapping_batches_in_one_transaction_each_report_their_new_events(db:
     assert_eq!(a, vec![0, 1]);
     assert_eq!(b, vec![1, 3]);
     assert_eq!(db.store.email_events().count().await.unwrap(), 4);
+}
+
+/// A group commit stores its batches with one call on SQLite (one after
+/// another on PostgreSQL): each batch reports only its own new events, a
+/// batch without events reports none, and a batch of several statements
+/// counts as one.
+async fn a_group_of_batches_reports_each_batch_s_new_events(db: TestDb) {
+    let big: Vec<EmailEvent> = (0..1100)
+        .map(|i| event(&format!("g{i}"), EventType::Delivered, "a@x.com", i))
+        .collect();
+    let with_repeats = vec![
+        event("g5", EventType::Delivered, "a@x.com", 5),
+        event("h1", EventType::Open, "b@x.com", 1),
+        event("h1", EventType::Open, "b@x.com", 1),
+        event("g1099", EventType::Delivered, "a@x.com", 1099),
+        event("h2", EventType::Click, "b@x.com", 2),
+    ];
+    let batches: Vec<Vec<EmailEvent>> = vec![
+        vec![event("h0", EventType::Open, "b@x.com", 1)],
+        vec![],
+        big.clone(),
+        with_repeats,
+        big[..3].to_vec(),
+        vec![event("h3", EventType::Open, "b@x.com", 3)],
+        vec![],
+    ];
+    let now = db.clock_now();
+    let news = if let Some(sqlite) = db.store.sqlite() {
+        let rows: Vec<email_events::EventRows> = batches
+            .iter()
+            .map(|b| email_events::EventRows::of(b).unwrap())
+            .collect();
+        let rows: Vec<&email_events::EventRows> = rows.iter().collect();
+        let mut conn = sqlite.writer.acquire().await.unwrap();
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+        let news = email_events::sqlite::insert_batches(&mut tx, &rows, now)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        news
+    } else {
+        let pg = db.store.postgres().unwrap();
+        let mut tx = pg.pool.begin().await.unwrap();
+        let mut news = Vec::new();
+        for batch in &batches {
+            news.push(
+                email_events::postgres::insert_new(&mut tx, batch, now)
+                    .await
+                    .unwrap(),
+            );
+        }
+        tx.commit().await.unwrap();
+        news
+    };
+    let expected: Vec<Vec<usize>> = vec![
+        vec![0],
+        vec![],
+        (0..1100).collect(),
+        vec![1, 4],
+        vec![],
+        vec![0],
+        vec![],
+    ];
+    assert_eq!(news, expected);
+    assert_eq!(db.store.email_events().count().await.unwrap(), 1104);
 }

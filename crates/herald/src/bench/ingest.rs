@@ -104,6 +104,11 @@ pub struct IngestBenchReport {
     /// serial part of the work, which bounds throughput at
     /// `batch_size / writer_ms_per_batch` whatever the cores.
     pub writer_ms_per_batch: f64,
+    /// Of `writer_ms_per_batch`: storing the events, publishing them, and
+    /// the commit.
+    pub writer_store_ms_per_batch: f64,
+    pub writer_publish_ms_per_batch: f64,
+    pub writer_commit_ms_per_batch: f64,
 }
 
 impl fmt::Display for IngestBenchReport {
@@ -140,10 +145,14 @@ impl fmt::Display for IngestBenchReport {
         )?;
         write!(
             f,
-            "writer: {:.2} ms per batch in {} transactions ({:.1} batches each)",
+            "writer: {:.2} ms per batch in {} transactions ({:.1} batches each): \
+             store {:.2}, publish {:.2}, commit {:.2}",
             self.writer_ms_per_batch,
             self.writer_transactions,
-            self.batches as f64 / self.writer_transactions.max(1) as f64
+            self.batches as f64 / self.writer_transactions.max(1) as f64,
+            self.writer_store_ms_per_batch,
+            self.writer_publish_ms_per_batch,
+            self.writer_commit_ms_per_batch,
         )
     }
 }
@@ -188,6 +197,7 @@ pub async fn run_ingest_bench(options: IngestBenchOptions) -> anyhow::Result<Ing
     let bare_elapsed = post_all(&bare.address, &batches, options.connections, false).await?;
     bare.shutdown.cancel();
 
+    let per_batch = |d: Duration| d.as_secs_f64() * 1000.0 / writer.batches.max(1) as f64;
     let herald_events_per_sec = per_second(events, herald_elapsed);
     let bare_events_per_sec = per_second(events, bare_elapsed);
     Ok(IngestBenchReport {
@@ -203,7 +213,10 @@ pub async fn run_ingest_bench(options: IngestBenchOptions) -> anyhow::Result<Ing
         stored,
         published_to_stats,
         writer_transactions: writer.transactions,
-        writer_ms_per_batch: writer.busy.as_secs_f64() * 1000.0 / writer.batches.max(1) as f64,
+        writer_ms_per_batch: per_batch(writer.busy),
+        writer_store_ms_per_batch: per_batch(writer.store),
+        writer_publish_ms_per_batch: per_batch(writer.publish),
+        writer_commit_ms_per_batch: per_batch(writer.commit),
     })
 }
 
