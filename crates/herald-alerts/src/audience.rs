@@ -11,6 +11,7 @@
 //! [`AudienceWorker`] polls for due alerts and holds a lease per alert
 //! (`audience:<alert id>`), so two replicas never build one alert at once.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,6 +33,17 @@ use crate::telemetry;
 
 /// Most due alerts looked at per poll.
 const DUE_PER_POLL: u32 = 16;
+
+/// Member ranges of the built-in audience read at once, ahead of the
+/// batch being enqueued. Reading is the larger half of a build's work and
+/// each range is an independent query on the reader pool, so several at
+/// once keep both the readers and the single writer busy.
+const RANGES_AHEAD: usize = 3;
+
+/// A range spans at most this many times `batch_size` members, so that a
+/// region denser in candidates than the ones before it still makes a
+/// batch of bounded size.
+const MAX_RANGE_FACTOR: u64 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AudienceError {
@@ -168,7 +180,7 @@ impl AudienceJob {
         let cadence = self.store.members().cadence_policy().await?;
         let brand_ids = content.brand_ids();
         let source = match &self.affinity {
-            None => Source::Builtin(None),
+            None => Source::Builtin(RangeReader::after(alert.build.cursor.clone())),
             Some(client) => Source::Http(Box::new(AffinityReader::new(
                 client.clone(),
                 brand_ids.clone(),
@@ -245,32 +257,22 @@ async fn fail_alert(
     }
 }
 
-/// Reads the page of candidates after `after` and prepares it; `None` at
-/// the end of the audience.
-async fn read_page(
-    store: &Store,
-    alert: &BrandAlert,
-    brand_ids: &[String],
-    cadence: &CadencePolicy,
-    after: Option<&str>,
-    limit: u32,
-    now: Timestamp,
-) -> Result<Option<Prepared>, StoreError> {
-    let page = store
-        .brand_alerts()
-        .audience_page(alert, brand_ids, cadence, after, limit, now)
-        .await?;
-    Ok(page
-        .last()
-        .map(|last| last.member_id.clone())
-        .map(|cursor| prepare(&alert.id, page, cursor)))
-}
-
 /// A batch ready to enqueue: one message per eligible member, and what the
 /// batch adds to the alert's progress (its cursor and counts).
 struct Prepared {
     messages: Vec<OutgoingMessage>,
     step: BuildStep,
+}
+
+impl Prepared {
+    /// The candidates of the batch, enqueued or excluded.
+    fn candidate_count(&self) -> u64 {
+        let step = &self.step;
+        step.enqueued
+            + step.excluded_unsubscribed
+            + step.excluded_suppressed
+            + step.excluded_cadence
+    }
 }
 
 /// Counts the exclusions of a batch and builds the messages of the rest.
@@ -302,15 +304,124 @@ fn prepare(alert_id: &str, candidates: Vec<AudienceCandidate>, cursor: String) -
     Prepared { messages, step }
 }
 
-/// A page being read and prepared in the background, with the cursor it
-/// is read after.
-type ReadAhead = (String, JoinHandle<Result<Option<Prepared>, StoreError>>);
+/// One range of members being read and prepared in the background.
+struct PendingRange {
+    /// The range holds the members after this id (`None`: from the first)
+    /// up to and including `upto`.
+    after: Option<String>,
+    upto: String,
+    width: u32,
+    read: JoinHandle<Result<Prepared, StoreError>>,
+}
+
+/// The built-in audience, read as consecutive ranges of members whose
+/// ends are known before they are read ([`BrandAlertStore::audience_range_end`]),
+/// so that the next ranges are read while the current batch is enqueued.
+///
+/// [`BrandAlertStore::audience_range_end`]: herald_store::brand_alerts::BrandAlertStore::audience_range_end
+struct RangeReader {
+    pending: VecDeque<PendingRange>,
+    /// Where the next range to start begins.
+    next_after: Option<String>,
+    /// No member comes after `next_after`.
+    exhausted: bool,
+    /// Members spanned by the ranges read so far, and the candidates in
+    /// them: their ratio sizes the next ranges.
+    members_read: u64,
+    candidates_read: u64,
+}
+
+impl RangeReader {
+    fn after(cursor: Option<String>) -> Self {
+        Self {
+            pending: VecDeque::new(),
+            next_after: cursor,
+            exhausted: false,
+            members_read: 0,
+            candidates_read: 0,
+        }
+    }
+
+    /// Forgets the ranges in flight and starts again after `cursor`.
+    fn restart(&mut self, cursor: Option<String>) {
+        self.abort();
+        self.next_after = cursor;
+        self.exhausted = false;
+    }
+
+    fn abort(&mut self) {
+        for range in self.pending.drain(..) {
+            range.read.abort();
+        }
+    }
+
+    /// Starts reading ranges until [`RANGES_AHEAD`] are in flight or the
+    /// audience has no member left to range over.
+    async fn top_up(
+        &mut self,
+        job: &AudienceJob,
+        alert: &BrandAlert,
+        brand_ids: &[String],
+        cadence: CadencePolicy,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        while self.pending.len() < RANGES_AHEAD && !self.exhausted {
+            let width = self.width(job.settings.batch_size);
+            let Some(upto) = job
+                .store
+                .brand_alerts()
+                .audience_range_end(self.next_after.as_deref(), width)
+                .await?
+            else {
+                self.exhausted = true;
+                break;
+            };
+            let (store, alert, brands, after, end) = (
+                job.store.clone(),
+                alert.clone(),
+                brand_ids.to_vec(),
+                self.next_after.clone(),
+                upto.clone(),
+            );
+            let read = tokio::spawn(async move {
+                let candidates = store
+                    .brand_alerts()
+                    .audience_range(&alert, &brands, &cadence, after.as_deref(), &end, now)
+                    .await?;
+                Ok(prepare(&alert.id, candidates, end))
+            });
+            self.pending.push_back(PendingRange {
+                after: self.next_after.replace(upto.clone()),
+                upto,
+                width,
+                read,
+            });
+        }
+        Ok(())
+    }
+
+    /// Members per range so that a range holds about `batch_size`
+    /// candidates, judging by the ranges read so far.
+    fn width(&self, batch_size: u32) -> u32 {
+        let batch = u64::from(batch_size);
+        let width = match (self.members_read, self.candidates_read) {
+            (0, _) => batch,
+            (_, 0) => batch * MAX_RANGE_FACTOR,
+            (members, candidates) => batch * members / candidates,
+        };
+        let width = width.clamp(batch, batch * MAX_RANGE_FACTOR);
+        u32::try_from(width).unwrap_or(u32::MAX)
+    }
+}
+
+impl Drop for RangeReader {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
 
 enum Source {
-    /// The next page, being read and prepared while the current one is
-    /// enqueued (the read goes to the reader pool, the enqueue to the
-    /// writer, so they overlap).
-    Builtin(Option<ReadAhead>),
+    Builtin(RangeReader),
     Http(Box<AffinityReader>),
 }
 
@@ -344,43 +455,42 @@ impl AudienceBuild<'_> {
         self.alert = current;
         let now = job.clock.now();
         let batch = match &mut self.source {
-            Source::Builtin(read_ahead) => {
+            Source::Builtin(ranges) => {
                 let cursor = self.alert.build.cursor.clone();
-                let page = match read_ahead.take() {
-                    Some((after, next)) if Some(&after) == cursor.as_ref() => {
-                        next.await.map_err(|e| StoreError::Backend {
-                            backend: job.store.backend(),
-                            message: format!("reading the next audience page failed: {e}"),
-                        })??
-                    }
-                    _ => {
-                        read_page(
-                            &job.store,
-                            &self.alert,
-                            &self.brand_ids,
-                            &self.cadence,
-                            cursor.as_deref(),
-                            job.settings.batch_size,
-                            now,
-                        )
-                        .await?
-                    }
-                };
-                if let Some(prepared) = &page {
-                    let (store, alert, brands, cadence, after, limit) = (
-                        job.store.clone(),
-                        self.alert.clone(),
-                        self.brand_ids.clone(),
-                        self.cadence,
-                        prepared.step.cursor.clone(),
-                        job.settings.batch_size,
-                    );
-                    let next = tokio::spawn(async move {
-                        read_page(&store, &alert, &brands, &cadence, Some(&after), limit, now).await
-                    });
-                    *read_ahead = Some((prepared.step.cursor.clone(), next));
+                let expected = ranges
+                    .pending
+                    .front()
+                    .map_or(&ranges.next_after, |r| &r.after);
+                if *expected != cursor {
+                    ranges.restart(cursor);
                 }
-                page.map(|prepared| (prepared, 0))
+                if ranges.pending.is_empty() {
+                    ranges
+                        .top_up(job, &self.alert, &self.brand_ids, self.cadence, now)
+                        .await?;
+                }
+                match ranges.pending.pop_front() {
+                    None => None,
+                    Some(range) => {
+                        // The next ranges' ends are found (and their reads
+                        // started) while this one's read finishes.
+                        let (read, topped_up) = tokio::join!(
+                            range.read,
+                            ranges.top_up(job, &self.alert, &self.brand_ids, self.cadence, now)
+                        );
+                        topped_up?;
+                        let prepared = read.map_err(|e| StoreError::Backend {
+                            backend: job.store.backend(),
+                            message: format!(
+                                "reading the audience up to member {} failed: {e}",
+                                range.upto
+                            ),
+                        })??;
+                        ranges.members_read += u64::from(range.width);
+                        ranges.candidates_read += prepared.candidate_count();
+                        Some((prepared, 0))
+                    }
+                }
             }
             Source::Http(reader) => {
                 let batch_size = usize::try_from(job.settings.batch_size).unwrap_or(usize::MAX);
@@ -580,5 +690,34 @@ impl AudienceWorker {
 
     pub fn job(&self) -> &AudienceJob {
         &self.job
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_sized_for_a_batch_of_candidates_within_bounds() {
+        let mut ranges = RangeReader::after(None);
+        assert_eq!(
+            ranges.width(100),
+            100,
+            "nothing read yet: one batch of members"
+        );
+        ranges.members_read = 1_000;
+        ranges.candidates_read = 200;
+        assert_eq!(ranges.width(100), 500, "one member in five is a candidate");
+        ranges.candidates_read = 1;
+        assert_eq!(
+            ranges.width(100),
+            800,
+            "sparse: capped at {MAX_RANGE_FACTOR} batches"
+        );
+        ranges.candidates_read = 0;
+        assert_eq!(ranges.width(100), 800, "no candidate yet: the widest range");
+        ranges.candidates_read = 5_000;
+        assert_eq!(ranges.width(100), 100, "dense: never under one batch");
+        assert_eq!(ranges.width(u32::MAX), u32::MAX, "saturates");
     }
 }

@@ -490,7 +490,6 @@ impl Inner {
                 }
             }
         }
-        self.ack(done).await;
         if !to_send.is_empty() {
             let send = SendContext {
                 alert: Arc::new(alert),
@@ -498,8 +497,12 @@ impl Inner {
                 transport_name: Arc::from(transport_name),
                 transport,
             };
-            self.send_all(send, to_send, report).await;
+            self.send_all(send, to_send, &mut done, report).await;
         }
+        // One ack for the batch: a message left unacked a little longer only
+        // comes back if the process dies, and its row, finished by then,
+        // has it acked without a send.
+        self.ack(done).await;
     }
 
     /// Reads the members of the claimed messages in one query; those that
@@ -548,8 +551,15 @@ impl Inner {
     }
 
     /// Sends every claimed message, at most `concurrency` at once, and
-    /// confirms the sends as they complete.
-    async fn send_all(&self, send: SendContext, to_send: Vec<Pending>, report: &mut MailerReport) {
+    /// confirms the sends as they complete; adds the receipts of confirmed
+    /// sends to `acks`.
+    async fn send_all(
+        &self,
+        send: SendContext,
+        to_send: Vec<Pending>,
+        acks: &mut Vec<Receipt>,
+        report: &mut MailerReport,
+    ) {
         let to_send = self.with_members(&send.alert.id, to_send, report).await;
         let chunk_size = if sends_in_batches(send.transport.as_ref()) {
             self.settings.concurrency
@@ -600,27 +610,28 @@ impl Inner {
                     }
                     if completed_sends >= settle_at || running.is_empty() {
                         completed_sends = 0;
-                        self.settle(&send, std::mem::take(&mut completed), report).await;
+                        self.settle(&send, std::mem::take(&mut completed), acks, report).await;
                     }
                 }
                 () = tokio::time::sleep_until(settle_by), if !completed.is_empty() => {
                     completed_sends = 0;
-                    self.settle(&send, std::mem::take(&mut completed), report).await;
+                    self.settle(&send, std::mem::take(&mut completed), acks, report).await;
                 }
                 else => break,
             }
         }
         if !completed.is_empty() {
-            self.settle(&send, completed, report).await;
+            self.settle(&send, completed, acks, report).await;
         }
     }
 
-    /// Confirms and acks the sends of completed chunks, then releases their
-    /// permits and handles the failures.
+    /// Confirms the sends of completed chunks, adds their receipts to
+    /// `acks`, then releases their permits and handles the failures.
     async fn settle(
         &self,
         send: &SendContext,
         completed: Vec<Result<Chunk, JoinError>>,
+        acks: &mut Vec<Receipt>,
         report: &mut MailerReport,
     ) {
         let mut sent = Vec::new();
@@ -657,7 +668,7 @@ impl Inner {
                 count: sent.len() as u64,
             }
             .emit();
-            self.ack(receipts).await;
+            acks.append(&mut receipts);
         }
         drop(permits);
         for failure in failures {

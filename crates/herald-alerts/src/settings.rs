@@ -248,7 +248,9 @@ pub struct AudienceSettings {
     /// How often the job looks for alerts whose send time has come.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// Members read, classified and enqueued per batch.
+    /// Candidates read, classified and enqueued per batch, about: the
+    /// built-in audience is read in ranges of members sized from the share
+    /// of candidates so far (between one and eight batches of members).
     pub batch_size: u32,
     /// How long one replica's hold on an alert's build lasts without
     /// renewal; another replica takes the build over after it.

@@ -522,17 +522,18 @@ impl fmt::Display for Raw<'_> {
 /// write, byte for byte what lettre's `message` writes in two.
 fn data_block(body: &[u8]) -> Result<String, std::str::Utf8Error> {
     let body = std::str::from_utf8(body)?;
-    let mut out = String::with_capacity(body.len() + body.len() / 64 + 8);
-    let mut line_start = true;
-    let mut after_cr = false;
-    for c in body.chars() {
-        if c == '.' && line_start {
-            out.push('.');
-        }
-        out.push(c);
-        line_start = after_cr && c == '\n';
-        after_cr = c == '\r';
+    let mut out = String::with_capacity(body.len() + 16);
+    if body.starts_with('.') {
+        out.push('.');
     }
+    let mut rest = body;
+    while let Some(at) = rest.find("\r\n.") {
+        let (line, next) = rest.split_at(at + 2);
+        out.push_str(line);
+        out.push('.');
+        rest = next;
+    }
+    out.push_str(rest);
     out.push_str("\r\n.\r\n");
     Ok(out)
 }
@@ -685,6 +686,8 @@ mod tests {
             data_block(b".a\r\n.b\r\nc.\n.d\r\n..").unwrap(),
             "..a\r\n..b\r\nc.\n.d\r\n...\r\n.\r\n"
         );
+        assert_eq!(data_block(b"a\r\n").unwrap(), "a\r\n\r\n.\r\n");
+        assert_eq!(data_block(b"\r\n.\r\n.").unwrap(), "\r\n..\r\n..\r\n.\r\n");
         assert!(data_block(&[0xff, 0xfe]).is_err());
     }
 

@@ -280,6 +280,31 @@ pub trait BrandAlertStore: Send + Sync {
         now: Timestamp,
     ) -> Result<Vec<AudienceCandidate>, StoreError>;
 
+    /// The audience candidates, as [`BrandAlertStore::audience_page`] finds
+    /// them, among the members whose ids are after `after` and up to and
+    /// including `upto`, in member id order. With
+    /// [`BrandAlertStore::audience_range_end`] a build knows where a range
+    /// ends before reading it, so it can read several ranges at once.
+    async fn audience_range(
+        &self,
+        alert: &BrandAlert,
+        brand_ids: &[String],
+        cadence: &CadencePolicy,
+        after: Option<&str>,
+        upto: &str,
+        now: Timestamp,
+    ) -> Result<Vec<AudienceCandidate>, StoreError>;
+
+    /// Where a range of the next `members` members after `after` (in id
+    /// order, whatever their status) ends: the id of the `members`-th one,
+    /// or of the last member when fewer remain; `None` when no member comes
+    /// after `after`.
+    async fn audience_range_end(
+        &self,
+        after: Option<&str>,
+        members: u32,
+    ) -> Result<Option<String>, StoreError>;
+
     /// For an audience that comes from an external Affinity API: the same
     /// rules as [`BrandAlertStore::audience_page`] applied to the given
     /// members (in the given order). Members that do not exist or are
@@ -472,6 +497,9 @@ pub(crate) trait BrandAlertSql: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<bool, StoreError>;
     async fn audience(&self, query: &AudienceQuery<'_>) -> Result<Vec<CandidateRow>, StoreError>;
+    /// The id of the `members`-th member after `after` (`""`: from the
+    /// first), or of the last one when fewer remain; `None` when none is.
+    async fn range_end(&self, after: &str, members: u32) -> Result<Option<String>, StoreError>;
     /// The exclusion facts of the active members among `member_ids`.
     async fn classify(
         &self,
@@ -571,6 +599,8 @@ pub(crate) struct AudienceQuery<'a> {
     pub threshold: f64,
     /// Members strictly after this id; `""` starts at the first.
     pub after: &'a str,
+    /// Members up to and including this id; `None`: to the last.
+    pub upto: Option<&'a str>,
     pub limit: u32,
     /// Other alerts' sends claimed after this count toward the cadence.
     pub window_start: Timestamp,
@@ -787,6 +817,9 @@ pub(crate) struct EventCountRow {
 /// transaction.
 #[derive(sqlx::FromRow)]
 pub(crate) struct ClaimFacts {
+    /// Whether the alert exists; read with the facts to spare the claim a
+    /// round trip of its own.
+    alert_exists: bool,
     member_id: String,
     /// `None` when no such member exists.
     status: Option<String>,
@@ -827,6 +860,9 @@ pub(crate) fn plan_claims(
         what: "send log",
         message: format!("alert {}: {message}", request.alert_id),
     };
+    if facts.iter().any(|f| !f.alert_exists) {
+        return Err(not_found(request.alert_id));
+    }
     let mut facts: HashMap<String, ClaimFacts> = facts
         .into_iter()
         .map(|f| (f.member_id.clone(), f))
@@ -954,6 +990,49 @@ impl<S: BrandAlertSql> BrandAlerts<S> {
             .await?
             .ok_or_else(|| not_found(id))?
             .into_alert(S::BACKEND)
+    }
+
+    /// The candidates after `after` (up to `upto` when given), at most
+    /// `limit`, each with its exclusion and the alert's brands it matched.
+    #[allow(clippy::too_many_arguments)]
+    async fn candidates(
+        &self,
+        alert: &BrandAlert,
+        brand_ids: &[String],
+        cadence: &CadencePolicy,
+        after: Option<&str>,
+        upto: Option<&str>,
+        limit: u32,
+        now: Timestamp,
+    ) -> Result<Vec<AudienceCandidate>, StoreError> {
+        let brand_ids = without_repeats(brand_ids);
+        if brand_ids.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .sql
+            .audience(&AudienceQuery {
+                alert_id: &alert.id,
+                brand_ids: &brand_ids,
+                threshold: alert.affinity_threshold,
+                after: after.unwrap_or(""),
+                upto,
+                limit,
+                window_start: cadence.window_start(now),
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| AudienceCandidate {
+                exclusion: row.exclusion(cadence.max_alerts()),
+                brand_ids: brand_ids
+                    .iter()
+                    .filter(|b| row.brand_ids.0.contains(b))
+                    .cloned()
+                    .collect(),
+                member_id: row.member_id,
+            })
+            .collect())
     }
 
     /// Applies `action` through the lifecycle rules and writes it as a
@@ -1152,33 +1231,32 @@ impl<S: BrandAlertSql> BrandAlertStore for BrandAlerts<S> {
         limit: u32,
         now: Timestamp,
     ) -> Result<Vec<AudienceCandidate>, StoreError> {
-        let brand_ids = without_repeats(brand_ids);
-        if brand_ids.is_empty() || limit == 0 {
-            return Ok(Vec::new());
+        self.candidates(alert, brand_ids, cadence, after, None, limit, now)
+            .await
+    }
+
+    async fn audience_range(
+        &self,
+        alert: &BrandAlert,
+        brand_ids: &[String],
+        cadence: &CadencePolicy,
+        after: Option<&str>,
+        upto: &str,
+        now: Timestamp,
+    ) -> Result<Vec<AudienceCandidate>, StoreError> {
+        self.candidates(alert, brand_ids, cadence, after, Some(upto), u32::MAX, now)
+            .await
+    }
+
+    async fn audience_range_end(
+        &self,
+        after: Option<&str>,
+        members: u32,
+    ) -> Result<Option<String>, StoreError> {
+        if members == 0 {
+            return Ok(after.map(str::to_owned));
         }
-        let rows = self
-            .sql
-            .audience(&AudienceQuery {
-                alert_id: &alert.id,
-                brand_ids: &brand_ids,
-                threshold: alert.affinity_threshold,
-                after: after.unwrap_or(""),
-                limit,
-                window_start: cadence.window_start(now),
-            })
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| AudienceCandidate {
-                exclusion: row.exclusion(cadence.max_alerts()),
-                brand_ids: brand_ids
-                    .iter()
-                    .filter(|b| row.brand_ids.0.contains(b))
-                    .cloned()
-                    .collect(),
-                member_id: row.member_id,
-            })
-            .collect())
+        self.sql.range_end(after.unwrap_or(""), members).await
     }
 
     async fn classify_members(
@@ -1252,7 +1330,6 @@ impl<S: BrandAlertSql> BrandAlertStore for BrandAlerts<S> {
                 message: "must be at least a millisecond, the send log's resolution".into(),
             });
         }
-        self.require(alert_id).await?;
         self.sql
             .claim(&ClaimRequest {
                 alert_id,

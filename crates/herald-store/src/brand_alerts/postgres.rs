@@ -7,8 +7,7 @@ use sqlx::{PgConnection, PgPool};
 use super::{
     db_count, plan_claims, tally, AlertRow, AudienceQuery, BrandAlertSql, BuildStep, CandidateRow,
     ClaimFacts, ClaimOutcome, ClaimRequest, EventCountRow, ListQuery, MarkedEvent,
-    MissingReference, NewBrandAlert, SendCountDelta, SendCountRow, SentMessage, Transition,
-    Written, COLUMNS,
+    MissingReference, NewBrandAlert, SendCountRow, SentMessage, Transition, Written, COLUMNS,
 };
 use crate::StoreError;
 
@@ -55,37 +54,6 @@ fn with_send_count(done: &str, column: &str) -> String {
          ON CONFLICT (alert_id) DO UPDATE \
              SET {column} = alert_send_counts.{column} + excluded.{column}"
     )
-}
-
-/// Adds to the alert's send counts, inside the caller's transaction.
-async fn add_send_counts(
-    conn: &mut PgConnection,
-    alert_id: &str,
-    delta: SendCountDelta,
-    context: &'static str,
-) -> Result<(), StoreError> {
-    if delta.is_zero() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO alert_send_counts (alert_id, sent, failed, skipped, possible_duplicates) \
-         VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (alert_id) DO UPDATE SET \
-             sent = alert_send_counts.sent + excluded.sent, \
-             failed = alert_send_counts.failed + excluded.failed, \
-             skipped = alert_send_counts.skipped + excluded.skipped, \
-             possible_duplicates = \
-                 alert_send_counts.possible_duplicates + excluded.possible_duplicates",
-    )
-    .bind(alert_id)
-    .bind(delta.sent)
-    .bind(delta.failed)
-    .bind(delta.skipped)
-    .bind(delta.possible_duplicates)
-    .execute(conn)
-    .await
-    .map_err(err(context))?;
-    Ok(())
 }
 
 async fn select_alert(
@@ -396,16 +364,16 @@ impl BrandAlertSql for PgBrandAlertSql {
 
     async fn audience(&self, query: &AudienceQuery<'_>) -> Result<Vec<CandidateRow>, StoreError> {
         // One forward pass over the affinities' primary key from the
-        // cursor, grouped in member order as it goes, so LIMIT stops it
-        // after one page. `m.id > $4` repeats the cursor for the members
-        // side so a merge join starts there too instead of at the first
-        // member.
-        sqlx::query_as(&format!(
+        // cursor, grouped in member order as it goes, so LIMIT (or the
+        // range's end) stops it after one page. `m.id > $4` repeats the
+        // cursor for the members side so a merge join starts there too
+        // instead of at the first member.
+        let sql = format!(
             "WITH hits AS ( \
                  SELECT a.member_id, json_agg(a.brand_id) AS brand_ids, \
                      min(m.email_normalized) AS email \
                  FROM affinities AS a JOIN members AS m ON m.id = a.member_id \
-                 WHERE a.member_id > $4 AND m.id > $4 \
+                 WHERE a.member_id > $4 AND m.id > $4 {} \
                    AND a.brand_id = ANY($5) AND a.score >= $6 AND m.status = 'active' \
                  GROUP BY a.member_id \
                  ORDER BY a.member_id \
@@ -413,18 +381,41 @@ impl BrandAlertSql for PgBrandAlertSql {
              ) \
              SELECT h.member_id, h.brand_ids, {} \
              FROM hits AS h ORDER BY h.member_id",
+            if query.upto.is_some() {
+                "AND a.member_id <= $8 AND m.id <= $8"
+            } else {
+                ""
+            },
             exclusion_columns("h.member_id", "h.email")
-        ))
-        .bind(BRAND_ALERTS)
-        .bind(query.window_start.millis())
-        .bind(query.alert_id)
-        .bind(query.after)
-        .bind(query.brand_ids)
-        .bind(query.threshold)
-        .bind(i64::from(query.limit))
-        .fetch_all(&self.0)
+        );
+        let mut statement = sqlx::query_as(&sql)
+            .bind(BRAND_ALERTS)
+            .bind(query.window_start.millis())
+            .bind(query.alert_id)
+            .bind(query.after)
+            .bind(query.brand_ids)
+            .bind(query.threshold)
+            .bind(i64::from(query.limit));
+        if let Some(upto) = query.upto {
+            statement = statement.bind(upto);
+        }
+        statement
+            .fetch_all(&self.0)
+            .await
+            .map_err(err("read brand alert audience"))
+    }
+
+    async fn range_end(&self, after: &str, members: u32) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT coalesce( \
+                 (SELECT id FROM members WHERE id > $1 ORDER BY id OFFSET $2 - 1 LIMIT 1), \
+                 (SELECT max(id) FROM members WHERE id > $1))",
+        )
+        .bind(after)
+        .bind(i64::from(members))
+        .fetch_one(&self.0)
         .await
-        .map_err(err("read brand alert audience"))
+        .map_err(err("find the end of an audience range"))
     }
 
     async fn classify(
@@ -471,7 +462,8 @@ impl BrandAlertSql for PgBrandAlertSql {
         .await
         .map_err(err(CONTEXT))?;
         let facts: Vec<ClaimFacts> = sqlx::query_as(&format!(
-            "SELECT j.member_id, m.status, {}, \
+            "SELECT EXISTS (SELECT 1 FROM brand_alerts WHERE id = $3) AS alert_exists, \
+                 j.member_id, m.status, {}, \
                  l.state AS row_state, l.possible_duplicate AS row_possible_duplicate, \
                  l.claim_expires_at, l.attempts \
              FROM unnest($4::text[]) AS j(member_id) \
@@ -504,8 +496,9 @@ impl BrandAlertSql for PgBrandAlertSql {
                 finished.push(write.finished_at);
                 reasons.push(write.reason);
             }
+            // The rows and the counts in one statement.
             sqlx::query(
-                "INSERT INTO send_log (alert_id, member_id, state, claimed_at, \
+                "WITH written AS (INSERT INTO send_log (alert_id, member_id, state, claimed_at, \
                      claim_expires_at, attempts, possible_duplicate, finished_at, reason) \
                  SELECT $1, w.member_id, w.state, $2, w.claim_expires_at, w.attempts, \
                      w.possible_duplicate, w.finished_at, w.reason \
@@ -518,7 +511,17 @@ impl BrandAlertSql for PgBrandAlertSql {
                      claim_expires_at = excluded.claim_expires_at, \
                      attempts = excluded.attempts, \
                      possible_duplicate = send_log.possible_duplicate OR excluded.possible_duplicate, \
-                     finished_at = excluded.finished_at, reason = excluded.reason",
+                     finished_at = excluded.finished_at, reason = excluded.reason) \
+                 INSERT INTO alert_send_counts \
+                     (alert_id, sent, failed, skipped, possible_duplicates) \
+                 SELECT $1, $10, $11, $12, $13 \
+                 WHERE $10 <> 0 OR $11 <> 0 OR $12 <> 0 OR $13 <> 0 \
+                 ON CONFLICT (alert_id) DO UPDATE SET \
+                     sent = alert_send_counts.sent + excluded.sent, \
+                     failed = alert_send_counts.failed + excluded.failed, \
+                     skipped = alert_send_counts.skipped + excluded.skipped, \
+                     possible_duplicates = \
+                         alert_send_counts.possible_duplicates + excluded.possible_duplicates",
             )
             .bind(request.alert_id)
             .bind(request.now.millis())
@@ -529,11 +532,14 @@ impl BrandAlertSql for PgBrandAlertSql {
             .bind(duplicates)
             .bind(finished)
             .bind(reasons)
+            .bind(delta.sent)
+            .bind(delta.failed)
+            .bind(delta.skipped)
+            .bind(delta.possible_duplicates)
             .execute(&mut *tx)
             .await
             .map_err(err(CONTEXT))?;
         }
-        add_send_counts(&mut tx, request.alert_id, delta, CONTEXT).await?;
         tx.commit().await.map_err(err(CONTEXT))?;
         Ok(outcomes)
     }

@@ -19,6 +19,52 @@ use crate::{SqliteDb, StoreError};
 /// interleave with another claim in this process or another.
 pub(crate) struct SqliteBrandAlertSql(pub SqliteDb);
 
+/// Writes a claim's send-log rows: `?1` the alert, `?2` the claim's time,
+/// `?3` a JSON array of `[member_id, state, claim_expires_at, attempts,
+/// possible_duplicate, finished_at, reason]`. `WHERE true` tells SQLite's
+/// parser that `ON CONFLICT` belongs to the insert, not to a join.
+const CLAIM_WRITES: &str = "INSERT INTO send_log (alert_id, member_id, state, claimed_at, \
+         claim_expires_at, attempts, possible_duplicate, finished_at, reason) \
+     SELECT ?1, value ->> 0, value ->> 1, ?2, value ->> 2, value ->> 3, value ->> 4, \
+         value ->> 5, value ->> 6 \
+     FROM json_each(?3) WHERE true \
+     ON CONFLICT (alert_id, member_id) DO UPDATE SET \
+         state = excluded.state, claimed_at = excluded.claimed_at, \
+         claim_expires_at = excluded.claim_expires_at, attempts = excluded.attempts, \
+         possible_duplicate = send_log.possible_duplicate OR excluded.possible_duplicate, \
+         finished_at = excluded.finished_at, reason = excluded.reason";
+
+/// Adds `?4` sent, `?5` failed, `?6` skipped and `?7` possible duplicates
+/// to alert `?1`'s send counts; nothing when all are zero.
+const ADD_SEND_COUNTS: &str = "INSERT INTO alert_send_counts \
+         (alert_id, sent, failed, skipped, possible_duplicates) \
+     SELECT ?1, ?4, ?5, ?6, ?7 WHERE ?4 <> 0 OR ?5 <> 0 OR ?6 <> 0 OR ?7 <> 0 \
+     ON CONFLICT (alert_id) DO UPDATE SET \
+         sent = alert_send_counts.sent + excluded.sent, \
+         failed = alert_send_counts.failed + excluded.failed, \
+         skipped = alert_send_counts.skipped + excluded.skipped, \
+         possible_duplicates = \
+             alert_send_counts.possible_duplicates + excluded.possible_duplicates";
+
+/// Marks alert `?1`'s claimed rows of a JSON array of `[member_id,
+/// provider_message_id]` (`?3`) sent at `?2`. A row no longer claimed
+/// (failed, or taken over and finished meanwhile) is left as it is. Not an
+/// `UPDATE ... FROM json_each`: SQLite's planner puts the updated table
+/// first there and scans all of the alert's rows for each confirm.
+const CONFIRM_ROWS: &str = "UPDATE send_log SET state = 'sent', finished_at = ?2, \
+         provider_message_id = \
+             (SELECT value ->> 1 FROM json_each(?3) WHERE value ->> 0 = send_log.member_id), \
+         claim_expires_at = NULL \
+     WHERE alert_id = ?1 AND member_id IN (SELECT value ->> 0 FROM json_each(?3)) \
+       AND state = 'claimed'";
+
+/// Counts the rows [`CONFIRM_ROWS`] just marked as sent for alert `?1`:
+/// run right after it, `changes()` is the number of rows it updated, so the
+/// confirm is one round trip to the writer besides its transaction.
+const COUNT_CONFIRMED: &str = "INSERT INTO alert_send_counts (alert_id, sent) \
+     SELECT ?1, changes() WHERE changes() > 0 \
+     ON CONFLICT (alert_id) DO UPDATE SET sent = alert_send_counts.sent + excluded.sent";
+
 /// The alert's sale ids in marketing's order, as a JSON array.
 const SALE_IDS: &str = "(SELECT json_group_array(s.sale_id ORDER BY s.position) \
      FROM brand_alert_sales AS s WHERE s.alert_id = brand_alerts.id) AS sale_ids";
@@ -38,7 +84,7 @@ fn exclusion_columns(member: &str, email: &str) -> String {
 
 /// The audience page. Parameters: `?1`-`?3` as in [`exclusion_columns`],
 /// `?4` the cursor, `?5` the brand ids (JSON), `?6` the threshold, `?7` the
-/// page size.
+/// page size and, when `bounded`, `?8` the last member id of the range.
 ///
 /// Drives the scan from `affinities`, clustered by (member_id, brand_id):
 /// one forward pass in member order from the cursor, grouped as it goes, so
@@ -47,18 +93,23 @@ fn exclusion_columns(member: &str, email: &str) -> String {
 /// keeps the planner off the brand index, whose order would need a sort of
 /// every match before the first row; CROSS JOIN keeps `affinities` the outer
 /// loop. The exclusion subqueries run once per group, as it is output.
-fn audience_sql() -> String {
+fn audience_sql(bounded: bool) -> String {
     format!(
         "SELECT a.member_id AS member_id, json_group_array(a.brand_id) AS brand_ids, {} \
          FROM affinities AS a CROSS JOIN members AS m \
-         WHERE a.member_id > ?4 \
+         WHERE a.member_id > ?4 {}\
            AND +a.brand_id IN (SELECT value FROM json_each(?5)) \
            AND +a.score >= ?6 \
            AND m.id = a.member_id AND m.status = 'active' \
          GROUP BY a.member_id \
          ORDER BY a.member_id \
          LIMIT ?7",
-        exclusion_columns("a.member_id", "m.email_normalized")
+        exclusion_columns("a.member_id", "m.email_normalized"),
+        if bounded {
+            "AND a.member_id <= ?8 "
+        } else {
+            ""
+        }
     )
 }
 
@@ -66,12 +117,12 @@ fn audience_sql() -> String {
 /// `[member_id, brand_ids, unsubscribed, suppressed, recent_sends]` entry
 /// per member. One value crosses from SQLite instead of a row per member,
 /// whose decoding cost more than the query itself.
-fn audience_page_sql() -> String {
+fn audience_page_sql(bounded: bool) -> String {
     format!(
         "SELECT json_group_array(json_array(member_id, json(brand_ids), unsubscribed, \
              suppressed, recent_sends)) \
          FROM ({})",
-        audience_sql()
+        audience_sql(bounded)
     )
 }
 
@@ -456,14 +507,19 @@ impl BrandAlertSql for SqliteBrandAlertSql {
 
     async fn audience(&self, query: &AudienceQuery<'_>) -> Result<Vec<CandidateRow>, StoreError> {
         const CONTEXT: &str = "read brand alert audience";
-        let page: String = sqlx::query_scalar(&audience_page_sql())
+        let sql = audience_page_sql(query.upto.is_some());
+        let mut statement = sqlx::query_scalar(&sql)
             .bind(BRAND_ALERTS)
             .bind(query.window_start.millis())
             .bind(query.alert_id)
             .bind(query.after)
             .bind(json_array(query.brand_ids))
             .bind(query.threshold)
-            .bind(i64::from(query.limit))
+            .bind(i64::from(query.limit));
+        if let Some(upto) = query.upto {
+            statement = statement.bind(upto);
+        }
+        let page: String = statement
             .fetch_one(&self.0.reader)
             .await
             .map_err(err(CONTEXT))?;
@@ -480,6 +536,19 @@ impl BrandAlertSql for SqliteBrandAlertSql {
             rows.sort_unstable_by(|a, b| a.member_id.cmp(&b.member_id));
         }
         Ok(rows)
+    }
+
+    async fn range_end(&self, after: &str, members: u32) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT coalesce( \
+                 (SELECT id FROM members WHERE id > ?1 ORDER BY id LIMIT 1 OFFSET ?2 - 1), \
+                 (SELECT max(id) FROM members WHERE id > ?1))",
+        )
+        .bind(after)
+        .bind(i64::from(members))
+        .fetch_one(&self.0.reader)
+        .await
+        .map_err(err("find the end of an audience range"))
     }
 
     async fn classify(
@@ -512,7 +581,8 @@ impl BrandAlertSql for SqliteBrandAlertSql {
             .await
             .map_err(err(CONTEXT))?;
         let facts: Vec<ClaimFacts> = sqlx::query_as(&format!(
-            "SELECT j.value AS member_id, m.status AS status, {}, \
+            "SELECT EXISTS (SELECT 1 FROM brand_alerts WHERE id = ?3) AS alert_exists, \
+                 j.value AS member_id, m.status AS status, {}, \
                  l.state AS row_state, l.possible_duplicate AS row_possible_duplicate, \
                  l.claim_expires_at, l.attempts \
              FROM json_each(?4) AS j \
@@ -528,32 +598,34 @@ impl BrandAlertSql for SqliteBrandAlertSql {
         .await
         .map_err(err(CONTEXT))?;
         let (outcomes, writes, delta) = plan_claims(Self::BACKEND, request, facts)?;
-        for write in writes {
-            sqlx::query(
-                "INSERT INTO send_log (alert_id, member_id, state, claimed_at, \
-                     claim_expires_at, attempts, possible_duplicate, finished_at, reason) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-                 ON CONFLICT (alert_id, member_id) DO UPDATE SET \
-                     state = excluded.state, claimed_at = excluded.claimed_at, \
-                     claim_expires_at = excluded.claim_expires_at, \
-                     attempts = excluded.attempts, \
-                     possible_duplicate = send_log.possible_duplicate OR excluded.possible_duplicate, \
-                     finished_at = excluded.finished_at, reason = excluded.reason",
-            )
-            .bind(request.alert_id)
-            .bind(&write.member_id)
-            .bind(write.state.as_str())
-            .bind(request.now.millis())
-            .bind(write.claim_expires_at)
-            .bind(write.attempts)
-            .bind(write.possible_duplicate)
-            .bind(write.finished_at)
-            .bind(write.reason)
-            .execute(&mut *tx)
-            .await
-            .map_err(err(CONTEXT))?;
+        if !writes.is_empty() || !delta.is_zero() {
+            // The rows and the counts in one round trip to the writer.
+            let rows: Vec<_> = writes
+                .iter()
+                .map(|w| {
+                    (
+                        &w.member_id,
+                        w.state.as_str(),
+                        w.claim_expires_at,
+                        w.attempts,
+                        w.possible_duplicate,
+                        w.finished_at,
+                        w.reason,
+                    )
+                })
+                .collect();
+            sqlx::query(&format!("{CLAIM_WRITES}; {ADD_SEND_COUNTS}"))
+                .bind(request.alert_id)
+                .bind(request.now.millis())
+                .bind(to_json(rows, "claims")?)
+                .bind(delta.sent)
+                .bind(delta.failed)
+                .bind(delta.skipped)
+                .bind(delta.possible_duplicates)
+                .execute(&mut *tx)
+                .await
+                .map_err(err(CONTEXT))?;
         }
-        add_send_counts(&mut tx, request.alert_id, delta, CONTEXT).await?;
         tx.commit().await.map_err(err(CONTEXT))?;
         Ok(outcomes)
     }
@@ -565,33 +637,23 @@ impl BrandAlertSql for SqliteBrandAlertSql {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         const CONTEXT: &str = "confirm brand alert sends";
+        let sent: Vec<(&str, Option<&str>)> = sent
+            .iter()
+            .map(|m| (m.member_id.as_str(), m.provider_message_id.as_deref()))
+            .collect();
         let mut tx = self
             .0
             .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(err(CONTEXT))?;
-        let mut confirmed = 0;
-        for message in sent {
-            confirmed += sqlx::query(
-                "UPDATE send_log SET state = 'sent', finished_at = ?3, \
-                     provider_message_id = ?4, claim_expires_at = NULL \
-                 WHERE alert_id = ?1 AND member_id = ?2 AND state = 'claimed'",
-            )
+        sqlx::query(&format!("{CONFIRM_ROWS}; {COUNT_CONFIRMED}"))
             .bind(alert_id)
-            .bind(&message.member_id)
             .bind(now.millis())
-            .bind(&message.provider_message_id)
+            .bind(to_json(sent, "sent")?)
             .execute(&mut *tx)
             .await
-            .map_err(err(CONTEXT))?
-            .rows_affected();
-        }
-        let delta = SendCountDelta {
-            sent: db_count(confirmed),
-            ..SendCountDelta::default()
-        };
-        add_send_counts(&mut tx, alert_id, delta, CONTEXT).await?;
+            .map_err(err(CONTEXT))?;
         tx.commit().await.map_err(err(CONTEXT))
     }
 
@@ -803,32 +865,67 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = SqliteDb::open(dir.path().join("plan.db")).await.unwrap();
         db.migrate().await.unwrap();
-        let rows: Vec<(i64, i64, i64, String)> =
-            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", audience_page_sql()))
+        for (bounded, key_range) in [
+            (false, "(member_id>?)"),
+            (true, "(member_id>? AND member_id<?)"),
+        ] {
+            let sql = format!("EXPLAIN QUERY PLAN {}", audience_page_sql(bounded));
+            let mut statement = sqlx::query_as(&sql)
                 .bind(BRAND_ALERTS)
                 .bind(0_i64)
                 .bind("alert")
                 .bind("")
                 .bind(r#"["b1","b2","b3"]"#)
                 .bind(0.5_f64)
-                .bind(1000_i64)
-                .fetch_all(&db.reader)
-                .await
-                .unwrap();
-        let plan: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
-        let text = plan.join("\n");
-        assert!(
-            plan.iter()
-                .any(|d| d.starts_with("SEARCH a USING PRIMARY KEY (member_id>?)")),
-            "{text}"
-        );
-        assert!(
-            plan.iter()
-                .any(|d| d.starts_with("SEARCH m USING INDEX sqlite_autoindex_members_1 (id=?)")),
-            "{text}"
-        );
-        assert!(!text.contains("TEMP B-TREE"), "{text}");
-        assert!(!text.contains("affinities_by_brand"), "{text}");
+                .bind(1000_i64);
+            if bounded {
+                statement = statement.bind("m9");
+            }
+            let rows: Vec<(i64, i64, i64, String)> = statement.fetch_all(&db.reader).await.unwrap();
+            let plan: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
+            let text = plan.join("\n");
+            let scan = format!("SEARCH a USING PRIMARY KEY {key_range}");
+            assert!(plan.iter().any(|d| d.starts_with(&scan)), "{text}");
+            assert!(
+                plan.iter().any(
+                    |d| d.starts_with("SEARCH m USING INDEX sqlite_autoindex_members_1 (id=?)")
+                ),
+                "{text}"
+            );
+            assert!(!text.contains("TEMP B-TREE"), "{text}");
+            assert!(!text.contains("affinities_by_brand"), "{text}");
+        }
+        db.close().await;
+    }
+
+    /// A claim's writes and a confirm look each member's row up by its key:
+    /// a plan that walks the alert's rows costs a scan of the whole alert
+    /// per batch.
+    #[tokio::test]
+    async fn claim_and_confirm_plans_look_rows_up_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(dir.path().join("plan.db")).await.unwrap();
+        db.migrate().await.unwrap();
+        for statement in [CONFIRM_ROWS, CLAIM_WRITES] {
+            let rows: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {statement}"))
+                    .bind("alert")
+                    .bind(0_i64)
+                    .bind(r#"[["m1","x"],["m2",null]]"#)
+                    .fetch_all(&db.reader)
+                    .await
+                    .unwrap();
+            let text = rows
+                .iter()
+                .map(|r| r.3.as_str())
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(
+                !text.contains("send_log USING PRIMARY KEY (alert_id=?)")
+                    && !text.contains("SCAN send_log"),
+                "{statement}\n{text}"
+            );
+        }
         db.close().await;
     }
 }

@@ -33,9 +33,11 @@ store_suite!(
     list_filters_and_pages_newest_first,
     audience_lists_members_over_the_threshold_with_their_exclusion,
     audience_pages_cover_every_member_once,
+    audience_ranges_cover_every_member_once,
     classify_applies_the_audience_rules_to_given_members,
     claims_answer_by_the_state_of_the_row,
     claims_skip_members_no_longer_eligible,
+    one_batch_claims_and_confirms_rows_in_every_state,
     finishing_calls_act_only_on_rows_in_the_right_state,
     concurrent_claims_of_two_alerts_respect_the_cadence,
     send_counts_stay_exact_when_a_takeover_races_a_confirm,
@@ -788,6 +790,71 @@ fn candidate(id: &str, brand_ids: &[&str], exclusion: Option<Exclusion>) -> Audi
     }
 }
 
+/// Ranges whose ends come before their reads: consecutive ranges of 9
+/// members (any status, with or without affinities) together hold every
+/// candidate once, each range only its own.
+async fn audience_ranges_cover_every_member_once(db: TestDb) {
+    seed_catalog(&db).await;
+    let mut sql = String::new();
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        let id = format!("r{i:03}");
+        let status = if i % 4 == 0 { "inactive" } else { "active" };
+        sql.push_str(&member_sql(&id, status));
+        // Every fifth member has no affinity for the alert's brands.
+        let brand = if i % 5 == 0 { "b4" } else { "b1" };
+        sql.push_str(&affinity_sql(&id, brand, 0.9));
+        if status == "active" && brand == "b1" {
+            expected.push(id);
+        }
+    }
+    exec(&db, &sql).await;
+    let alert = create(&db, "ranged", &["s1", "s2"]).await;
+    let alerts = db.store.brand_alerts();
+    let cadence = CadencePolicy::default();
+    let mut seen = Vec::new();
+    let mut ends = Vec::new();
+    let mut after: Option<String> = None;
+    while let Some(upto) = alerts
+        .audience_range_end(after.as_deref(), 9)
+        .await
+        .unwrap()
+    {
+        let range = alerts
+            .audience_range(
+                &alert,
+                &brands(&["b1", "b2"]),
+                &cadence,
+                after.as_deref(),
+                &upto,
+                START,
+            )
+            .await
+            .unwrap();
+        assert!(range.iter().all(
+            |c| after.as_deref().is_none_or(|a| c.member_id.as_str() > a) && c.member_id <= upto
+        ));
+        seen.extend(range.into_iter().map(|c| c.member_id));
+        ends.push(upto.clone());
+        after = Some(upto);
+    }
+    assert_eq!(seen, expected);
+    assert_eq!(ends, ["r008", "r017", "r026", "r035", "r039"]);
+    assert_eq!(
+        alerts.audience_range_end(Some("r039"), 9).await.unwrap(),
+        None,
+        "nothing after the last member"
+    );
+    assert_eq!(
+        alerts
+            .audience_range_end(Some("r010"), 1)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("r011")
+    );
+}
+
 async fn audience_pages_cover_every_member_once(db: TestDb) {
     seed_catalog(&db).await;
     let mut sql = String::new();
@@ -987,6 +1054,153 @@ async fn claims_answer_by_the_state_of_the_row(db: TestDb) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// A claim writes its batch in one statement and a confirm marks its batch
+/// in one: each row still gets the answer its own state calls for, and the
+/// counts move by what was written.
+async fn one_batch_claims_and_confirms_rows_in_every_state(db: TestDb) {
+    seed_catalog(&db).await;
+    seed_audience(&db).await;
+    let alerts = db.store.brand_alerts();
+    let alert = alert_in(&db, AlertState::Sending).await;
+    let id = alert.id.as_str();
+    let cadence = CadencePolicy::default();
+    let t0 = db.clock_now();
+    // Before the batch: a02 sent, a03 claimed (live at t1), a07 claimed and
+    // lapsed by t1, a08 released.
+    alerts
+        .claim_sends(id, &brands(&["a02", "a07", "a08"]), &cadence, CLAIM_TTL, t0)
+        .await
+        .unwrap();
+    alerts
+        .confirm_sent(
+            id,
+            &[SentMessage {
+                member_id: "a02".into(),
+                provider_message_id: Some("early".into()),
+            }],
+            t0,
+        )
+        .await
+        .unwrap();
+    alerts.release_claim(id, "a08", "421", t0).await.unwrap();
+    let t1 = t0.plus(CLAIM_TTL);
+    alerts
+        .claim_sends(id, &brands(&["a03"]), &cadence, CLAIM_TTL, t1)
+        .await
+        .unwrap();
+
+    let batch = brands(&[
+        "a01", "a02", "a03", "a04", "a05", "a06", "a07", "a08", "zz", "a01",
+    ]);
+    let outcomes = alerts
+        .claim_sends(id, &batch, &cadence, CLAIM_TTL, t1)
+        .await
+        .unwrap();
+    let claimed = |possible_duplicate, attempt| ClaimOutcome::Claimed {
+        possible_duplicate,
+        attempt,
+    };
+    let busy = ClaimOutcome::Busy {
+        until: t1.plus(CLAIM_TTL),
+    };
+    assert_eq!(
+        outcomes,
+        vec![
+            claimed(false, 1),
+            ClaimOutcome::Finished(SendState::Sent),
+            busy.clone(),
+            ClaimOutcome::Skipped(SkipReason::Unsubscribed),
+            ClaimOutcome::Skipped(SkipReason::Suppressed),
+            ClaimOutcome::Skipped(SkipReason::MemberInactive),
+            claimed(true, 2),
+            claimed(false, 2),
+            ClaimOutcome::Skipped(SkipReason::MemberMissing),
+            busy,
+        ]
+    );
+    let stats = alerts.stats(id).await.unwrap();
+    assert_eq!(
+        (stats.sent, stats.skipped, stats.possible_duplicates),
+        (1, 4, 1)
+    );
+    assert_send_counts_match_the_log(&db, id).await;
+    let expires = count(
+        &db,
+        &format!(
+            "SELECT count(*) FROM send_log WHERE alert_id = '{id}' AND state = 'claimed' \
+             AND claim_expires_at = {} AND claimed_at = {}",
+            t1.plus(CLAIM_TTL).millis(),
+            t1.millis()
+        ),
+    )
+    .await;
+    assert_eq!(expires, 4, "a01, a03, a07 and a08 claimed at t1");
+
+    // a03's claim lapses and another process takes it over and sends it;
+    // then the first process confirms its whole batch. Rows no longer
+    // claimed (a03 sent by the other, a02 sent long ago, a04 and zz
+    // skipped) keep their state and are not counted again.
+    let t2 = t1.plus(CLAIM_TTL);
+    assert_eq!(
+        alerts
+            .claim_sends(id, &brands(&["a03"]), &cadence, CLAIM_TTL, t2)
+            .await
+            .unwrap(),
+        vec![claimed(true, 2)]
+    );
+    alerts
+        .confirm_sent(
+            id,
+            &[SentMessage {
+                member_id: "a03".into(),
+                provider_message_id: Some("other".into()),
+            }],
+            t2,
+        )
+        .await
+        .unwrap();
+    let confirmed: Vec<SentMessage> = ["a01", "a02", "a03", "a04", "a07", "a08", "zz"]
+        .iter()
+        .map(|m| SentMessage {
+            member_id: (*m).into(),
+            provider_message_id: (*m != "a08").then(|| format!("pm-{m}")),
+        })
+        .collect();
+    alerts.confirm_sent(id, &confirmed, t2).await.unwrap();
+    let provider_of = |member: &str, provider: &str| {
+        format!(
+            "SELECT count(*) FROM send_log WHERE alert_id = '{id}' AND member_id = '{member}' \
+             AND state = 'sent' AND {provider} AND finished_at IS NOT NULL \
+             AND claim_expires_at IS NULL"
+        )
+    };
+    for (member, provider) in [
+        ("a01", "provider_message_id = 'pm-a01'"),
+        ("a02", "provider_message_id = 'early'"),
+        ("a03", "provider_message_id = 'other'"),
+        ("a07", "provider_message_id = 'pm-a07'"),
+        ("a08", "provider_message_id IS NULL"),
+    ] {
+        assert_eq!(
+            count(&db, &provider_of(member, provider)).await,
+            1,
+            "{member}"
+        );
+    }
+    let skipped = count(
+        &db,
+        &format!("SELECT count(*) FROM send_log WHERE alert_id = '{id}' AND member_id = 'a04' AND state = 'skipped'"),
+    )
+    .await;
+    assert_eq!(skipped, 1);
+    let stats = alerts.stats(id).await.unwrap();
+    assert_eq!(
+        (stats.sent, stats.skipped, stats.possible_duplicates),
+        (5, 4, 2)
+    );
+    assert_send_counts_match_the_log(&db, id).await;
 }
 
 async fn claims_skip_members_no_longer_eligible(db: TestDb) {
