@@ -15,7 +15,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Connection, SqliteConnection};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::StoreError;
@@ -125,6 +125,13 @@ impl SqliteDb {
         Ok(())
     }
 
+    /// Asks for a checkpoint now rather than at the next tick: for a writer
+    /// that commits large groups back to back (the webhook ingest), whose
+    /// log would otherwise grow for a second at a time. Returns at once.
+    pub fn checkpoint_soon(&self) {
+        self.checkpointer.wake.notify_one();
+    }
+
     pub async fn close(&self) {
         self.checkpointer.stop().await;
         self.writer.close().await;
@@ -133,23 +140,27 @@ impl SqliteDb {
 }
 
 /// Copies committed pages from the write-ahead log into the database file
-/// (a passive checkpoint) every [`CHECKPOINT_INTERVAL`], on a connection of
-/// its own, so that the writer connection's commits do not pay for it. A
+/// (a passive checkpoint) every [`CHECKPOINT_INTERVAL`] or when asked
+/// ([`SqliteDb::checkpoint_soon`]), on a connection of its own, so that the
+/// writer connection's commits do not pay for it. A
 /// passive checkpoint never waits for the writer or the readers; what it
 /// cannot copy yet, the next one does. Stops when the database is closed
 /// or its last handle dropped.
 #[derive(Debug)]
 struct Checkpointer {
     stop: watch::Sender<bool>,
+    wake: Arc<Notify>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Checkpointer {
     fn start(path: PathBuf) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(checkpoint_periodically(path, stopped));
+        let wake = Arc::new(Notify::new());
+        let task = tokio::spawn(checkpoint_periodically(path, stopped, wake.clone()));
         Self {
             stop,
+            wake,
             task: Mutex::new(Some(task)),
         }
     }
@@ -170,7 +181,11 @@ impl Drop for Checkpointer {
     }
 }
 
-async fn checkpoint_periodically(path: PathBuf, mut stopped: watch::Receiver<bool>) {
+async fn checkpoint_periodically(
+    path: PathBuf,
+    mut stopped: watch::Receiver<bool>,
+    wake: Arc<Notify>,
+) {
     let mut conn: Option<SqliteConnection> = None;
     let mut ticks = tokio::time::interval(CHECKPOINT_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,6 +193,7 @@ async fn checkpoint_periodically(path: PathBuf, mut stopped: watch::Receiver<boo
         tokio::select! {
             _ = stopped.wait_for(|stop| *stop) => break,
             _ = ticks.tick() => {}
+            () = wake.notified() => {}
         }
         if conn.is_none() {
             let options = SqliteConnectOptions::new()
@@ -230,6 +246,38 @@ pub fn sqlite_path(url: &str) -> Result<PathBuf, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Commits stay in the log until a checkpoint copies them into the
+    /// database file; the writer alone would wait for 40 MB of log, so a
+    /// file that grows by the megabyte written shows the checkpointer at
+    /// work.
+    #[tokio::test]
+    async fn the_checkpointer_copies_commits_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.db");
+        let db = SqliteDb::open(&path).await.unwrap();
+        sqlx::query("CREATE TABLE blobs (b BLOB NOT NULL)")
+            .execute(&db.writer)
+            .await
+            .unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        for _ in 0..16 {
+            sqlx::query("INSERT INTO blobs (b) VALUES (randomblob(65536))")
+                .execute(&db.writer)
+                .await
+                .unwrap();
+        }
+        db.checkpoint_soon();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::fs::metadata(&path).unwrap().len() < before + 1_000_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file never received the committed pages"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        db.close().await;
+    }
 
     #[test]
     fn url_forms_name_the_same_file() {

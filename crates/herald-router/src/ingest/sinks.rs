@@ -1,6 +1,5 @@
 //! The [`EventSink`] of each store+bus pairing that shares one database.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,8 +9,6 @@ use herald_bus::{EmbeddedBus, OutgoingMessage, PostgresBus};
 use herald_core::email_event::EmailEvent;
 use herald_core::{Clock, TopicName};
 use herald_store::email_events::{self, EventRows};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteSynchronous};
-use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -36,10 +33,10 @@ fn messages(events: &[EmailEvent], new: &[usize]) -> Result<Vec<OutgoingMessage>
 /// Everything about a batch that is not a statement (the rows' JSON
 /// columns, the messages' bodies) is built by the request's own task before
 /// it queues, so that work runs on every core while the writer only writes.
-/// After each commit a task of the sink copies the committed pages from the
-/// write-ahead log into the database file on a connection of its own, so
-/// commits do not pay for checkpoints (the writer connection checkpoints
-/// only when the log outgrows `wal_autocheckpoint`, see herald-store).
+/// After each commit the writer asks the store's checkpointer
+/// ([`herald_store::SqliteDb::checkpoint_soon`]) to copy the committed pages
+/// from the write-ahead log into the database file on a connection of its
+/// own, so commits do not pay for checkpoints.
 pub struct EmbeddedSink {
     requests: mpsc::Sender<GroupRequest>,
     stats: Arc<Counters>,
@@ -140,9 +137,8 @@ const MAX_GROUP_EVENTS: usize = 10_000;
 const QUEUE_DEPTH: usize = 256;
 
 impl EmbeddedSink {
-    /// Starts the writer on a thread of its own and the checkpoint task;
-    /// must be called within a Tokio runtime. Both end when the sink is
-    /// dropped.
+    /// Starts the writer on a thread of its own; must be called within a
+    /// Tokio runtime. It ends when the sink is dropped.
     ///
     /// The writer gets its own thread (and a single-threaded runtime on it)
     /// because every statement of its transactions is a round trip to its
@@ -151,20 +147,8 @@ impl EmbeddedSink {
     /// milliseconds without yielding, and the one writer would sit idle.
     pub fn new(bus: Arc<EmbeddedBus>, clock: Arc<dyn Clock>) -> Self {
         let (requests, queue) = mpsc::channel(QUEUE_DEPTH);
-        let (committed, commits) = mpsc::channel(1);
-        tokio::spawn(checkpoint_after_commits(
-            bus.db().path().to_path_buf(),
-            commits,
-        ));
         let stats = Arc::new(Counters::default());
-        let writer = write_groups(
-            bus,
-            email_events_topic(),
-            clock,
-            queue,
-            committed,
-            stats.clone(),
-        );
+        let writer = write_groups(bus, email_events_topic(), clock, queue, stats.clone());
         let started = std::thread::Builder::new()
             .name("herald-ingest-writer".into())
             .spawn(move || {
@@ -220,7 +204,6 @@ async fn write_groups(
     topic: TopicName,
     clock: Arc<dyn Clock>,
     mut queue: mpsc::Receiver<GroupRequest>,
-    committed: mpsc::Sender<()>,
     stats: Arc<Counters>,
 ) {
     while let Some(first) = queue.recv().await {
@@ -238,8 +221,7 @@ async fn write_groups(
         let mut batches: Vec<&mut Prepared> = group.iter_mut().map(|r| &mut r.batch).collect();
         match write_group(&bus, &topic, clock.as_ref(), &mut batches, &stats).await {
             Ok(news) => {
-                // Full: a checkpoint is already due and will see this commit.
-                let _ = committed.try_send(());
+                bus.db().checkpoint_soon();
                 for (request, new) in group.into_iter().zip(news) {
                     request.answer(Ok(new));
                 }
@@ -257,7 +239,7 @@ async fn write_groups(
                     .await
                     .map(|mut news| news.remove(0));
                     if new.is_ok() {
-                        let _ = committed.try_send(());
+                        bus.db().checkpoint_soon();
                     }
                     request.answer(new);
                 }
@@ -333,38 +315,6 @@ async fn write_group(
     };
     stats.record(batches.len(), &steps);
     Ok(news)
-}
-
-/// Runs a passive checkpoint after each signalled commit, on a connection
-/// of its own, until the writer stops. A passive checkpoint never waits
-/// for the writer or readers; what it cannot copy yet, the next one does.
-async fn checkpoint_after_commits(path: PathBuf, mut commits: mpsc::Receiver<()>) {
-    let mut conn: Option<SqliteConnection> = None;
-    while commits.recv().await.is_some() {
-        if conn.is_none() {
-            let options = SqliteConnectOptions::new()
-                .filename(&path)
-                .synchronous(SqliteSynchronous::Normal);
-            match SqliteConnection::connect_with(&options).await {
-                Ok(opened) => conn = Some(opened),
-                Err(e) => {
-                    tracing::warn!(error = %e, path = %path.display(), "cannot open a checkpoint connection; commits checkpoint themselves");
-                    continue;
-                }
-            }
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&mut *c)
-            .await
-        {
-            tracing::warn!(error = %e, "checkpoint failed; the next commit retries it");
-            conn = None;
-        }
-    }
-    if let Some(c) = conn {
-        let _ = c.close().await;
-    }
 }
 
 /// PostgreSQL store + PostgreSQL bus: one transaction in the shared database.
