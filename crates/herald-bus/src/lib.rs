@@ -281,14 +281,7 @@ impl WriteBatch {
         queue: &QueueName,
         messages: impl IntoIterator<Item = OutgoingMessage>,
     ) -> &mut Self {
-        let at = match self.sends.iter().position(|(q, _)| q == queue) {
-            Some(at) => at,
-            None => {
-                self.sends.push((queue.clone(), Vec::new()));
-                self.sends.len() - 1
-            }
-        };
-        self.sends[at].1.extend(messages);
+        entry_of(&mut self.sends, queue).extend(messages);
         self
     }
 
@@ -302,14 +295,7 @@ impl WriteBatch {
         queue: &QueueName,
         receipts: impl IntoIterator<Item = Receipt>,
     ) -> &mut Self {
-        let at = match self.acks.iter().position(|(q, _)| q == queue) {
-            Some(at) => at,
-            None => {
-                self.acks.push((queue.clone(), Vec::new()));
-                self.acks.len() - 1
-            }
-        };
-        self.acks[at].1.extend(receipts);
+        entry_of(&mut self.acks, queue).extend(receipts);
         self
     }
 
@@ -330,6 +316,19 @@ impl WriteBatch {
     pub fn into_parts(self) -> (Vec<QueueSends>, Vec<QueueAcks>) {
         (self.sends, self.acks)
     }
+}
+
+/// The items listed for `queue`, a new empty list at the end if it has none
+/// yet (queues keep the order they first appeared in).
+fn entry_of<'a, T>(lists: &'a mut Vec<(QueueName, Vec<T>)>, queue: &QueueName) -> &'a mut Vec<T> {
+    let at = match lists.iter().position(|(q, _)| q == queue) {
+        Some(at) => at,
+        None => {
+            lists.push((queue.clone(), Vec::new()));
+            lists.len() - 1
+        }
+    };
+    &mut lists[at].1
 }
 
 /// The ids [`Bus::commit`] gave the messages it sent: per queue, in the
