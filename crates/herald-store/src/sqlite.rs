@@ -1,6 +1,11 @@
 //! The SQLite side of the store: one file in WAL mode, reached through a
 //! single-connection writer pool and a pool of readers.
 //!
+//! Pooled connections are not pinged before use (sqlx's default): a
+//! connection to a local file cannot go stale, and the ping is a round trip
+//! to the connection's worker thread, which costs as much as a small
+//! statement itself.
+//!
 //! SQLite allows one writer at a time. Funnelling every write of this process
 //! through one connection makes writers queue in the pool (an async wait)
 //! instead of spinning in SQLite's busy handler; the busy timeout still
@@ -74,6 +79,7 @@ impl SqliteDb {
             .pragma("cache_size", "-32000");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.clone().pragma(
@@ -84,6 +90,7 @@ impl SqliteDb {
             .map_err(|e| StoreError::sqlite(e, &format!("cannot open {}", path.display())))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.read_only(true))
             .await
