@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod message;
+mod mime;
 pub mod prepared;
 pub mod render;
 pub mod template;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use lettre::address::Envelope;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 
@@ -165,8 +166,24 @@ impl OutgoingEmail {
         headers
     }
 
-    /// The message as `multipart/alternative` (text first, then HTML, so
-    /// clients pick the richest part they can show).
+    /// The message as sent: RFC 5322 bytes, `multipart/alternative` with
+    /// the text part first, then the HTML part (clients show the richest
+    /// part they can). The same message as [`Self::to_mime`] formats, with
+    /// its headers encoded by lettre too, written without building a lettre
+    /// `Message`: several times cheaper, which counts at mailing-list rates.
+    pub fn formatted(&self) -> Result<Vec<u8>, MessageError> {
+        crate::mime::format(self)
+    }
+
+    /// The SMTP envelope: from the From address to the To address, as
+    /// lettre derives it from those headers.
+    pub fn envelope(&self) -> Result<Envelope, MessageError> {
+        Envelope::new(Some(self.from.email.clone()), vec![self.to.email.clone()])
+            .map_err(|e| MessageError::Mime(e.to_string()))
+    }
+
+    /// The message as a lettre `Message`, for code that needs one; sending
+    /// uses [`Self::formatted`], which writes the same message faster.
     pub fn to_mime(&self) -> Result<lettre::Message, MessageError> {
         self.check()?;
         let mut builder = lettre::Message::builder()
@@ -298,25 +315,22 @@ pub(crate) mod tests {
 
     #[test]
     fn mime_has_both_parts_and_all_headers() {
-        let raw = String::from_utf8(
-            email("Ada <ada@example.com>")
-                .to_mime()
-                .unwrap()
-                .formatted(),
-        )
-        .unwrap();
-        for needle in [
-            "Message-ID: <a1.m7@herald.example.com>",
-            "List-Unsubscribe: <https://herald.example.com/u/tok>,",
-            "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
-            "X-Herald-Alert-Id: a1",
-            "X-Herald-Member-Id: m7",
-            "Content-Type: multipart/alternative",
-            "Content-Type: text/plain; charset=utf-8",
-            "Content-Type: text/html; charset=utf-8",
-            "Reply-To: care@shop.example.com",
-        ] {
-            assert!(raw.contains(needle), "missing {needle:?} in\n{raw}");
+        let e = email("Ada <ada@example.com>");
+        for raw in [e.to_mime().unwrap().formatted(), e.formatted().unwrap()] {
+            let raw = String::from_utf8(raw).unwrap();
+            for needle in [
+                "Message-ID: <a1.m7@herald.example.com>",
+                "List-Unsubscribe: <https://herald.example.com/u/tok>,",
+                "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+                "X-Herald-Alert-Id: a1",
+                "X-Herald-Member-Id: m7",
+                "Content-Type: multipart/alternative",
+                "Content-Type: text/plain; charset=utf-8",
+                "Content-Type: text/html; charset=utf-8",
+                "Reply-To: care@shop.example.com",
+            ] {
+                assert!(raw.contains(needle), "missing {needle:?} in\n{raw}");
+            }
         }
     }
 
@@ -373,6 +387,7 @@ pub(crate) mod tests {
             let err = e.check().unwrap_err();
             assert!(err.to_string().contains(needle), "{err}");
             assert!(e.to_mime().is_err());
+            assert!(e.formatted().is_err());
         }
     }
 

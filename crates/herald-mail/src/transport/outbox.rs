@@ -60,7 +60,7 @@ impl Transport for OutboxTransport {
     }
 
     async fn send(&self, email: &OutgoingEmail) -> Result<SendReceipt, SendError> {
-        let bytes = email.to_mime()?.formatted();
+        let bytes = email.formatted()?;
         let path = self.path_for(email);
         // Write then rename, so a reader never sees half a message.
         let tmp = self

@@ -583,17 +583,16 @@ impl Transport for SmtpTransport {
     }
 
     async fn send(&self, email: &OutgoingEmail) -> Result<SendReceipt, SendError> {
-        let message = email.to_mime()?;
+        let body = email.formatted()?;
+        let envelope = email.envelope()?;
         if let Some(limiter) = &self.limiter {
             limiter.acquire().await;
         }
-        let body = message.formatted();
         // lettre bounds no reply wait, so the whole send is bounded here; a
         // send cut short drops its connection with it, never reused while
         // it may still be owed a reply.
         let response =
-            match tokio::time::timeout(self.timeout, self.deliver(message.envelope(), &body)).await
-            {
+            match tokio::time::timeout(self.timeout, self.deliver(&envelope, &body)).await {
                 Ok(delivered) => delivered?,
                 Err(_) => {
                     return Err(SendError::transient(format!(

@@ -395,7 +395,7 @@ async fn mean_message_size(
             customer_id: member.customer_id,
         };
         let email = composer.compose(alert, &content, &recipient, &brand_ids)?;
-        total += email.to_mime()?.formatted().len();
+        total += email.formatted()?.len();
         count += 1;
     }
     anyhow::ensure!(count > 0, "no member to render a message for");
