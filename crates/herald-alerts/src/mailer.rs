@@ -11,6 +11,15 @@
 //! such sends. A graceful stop ([`Mailer::run`]'s token) stops receiving and
 //! confirms every send it started, leaving none.
 //!
+//! One confirmer per mailer confirms the completed sends of every batch
+//! together: each of its rounds commits every send completed since the last
+//! (one transaction per alert among them) and releases their permits; sends
+//! complete while a round commits, so groups form on their own. Each batch
+//! then acks its confirmed messages with its others, in one bus call. The claim answers with what the email needs of each member, so the
+//! members are not read again; the cadence policy the claims check against
+//! is read at most once every [`CADENCE_REUSE`], so a change to it applies to
+//! claims made from then on.
+//!
 //! What happens to a message:
 //! - alert missing, cancelled, failed or sent: acked, nothing sent;
 //! - claim answered finished or skipped: acked;
@@ -24,18 +33,20 @@
 //!   retried after the `retry_backoff` delay for its delivery count, until
 //!   the queue's `max_receives`, then failed and dead-lettered as above.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use herald_bus::{Bus, BusError, Delivery, QueueConfig, Receipt, ReceiveOptions};
 use herald_core::alert::{AlertAction, AlertState};
+use herald_core::cadence::CadencePolicy;
 use herald_core::catalog::SuppressionReason;
 use herald_core::{Clock, QueueName};
 use herald_mail::{SendError, Transport};
 use herald_store::brand_alerts::{BrandAlert, ClaimOutcome, SentMessage};
 use herald_store::{Store, StoreError};
-use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::{oneshot, OnceCell, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +67,9 @@ const COMPLETE_EVERY: Duration = Duration::from_secs(1);
 const CONFIRM_ATTEMPTS: u32 = 3;
 /// Longest a completed send waits for others to be confirmed with.
 const SETTLE_WITHIN: Duration = Duration::from_millis(2);
+/// How long a cadence policy read for one batch's claim is used for the
+/// next batches' before it is read again.
+pub const CADENCE_REUSE: Duration = Duration::from_secs(1);
 /// Margin added to a busy claim's expiry before the message is retried.
 const BUSY_MARGIN: Duration = Duration::from_millis(100);
 /// The suppression source of addresses the mailer suppresses.
@@ -131,6 +145,13 @@ struct Inner {
     permits: Arc<Semaphore>,
     last_completion: Mutex<Option<Instant>>,
     queue_ready: OnceCell<()>,
+    /// The cadence policy and when it was read.
+    cadence: Mutex<Option<(Instant, CadencePolicy)>>,
+    confirmer: Arc<Confirmer>,
+    /// Completed sends for the confirmer's task.
+    to_confirm: UnboundedSender<ToConfirm>,
+    /// The confirmer task's end of `to_confirm`, until the task is started.
+    confirm_queue: Mutex<Option<UnboundedReceiver<ToConfirm>>>,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -159,8 +180,6 @@ enum Attempt {
     /// No email could be built for the member.
     NotComposed(String),
     Failed(SendError),
-    /// Reading the member failed; nothing was sent.
-    Store(String),
 }
 
 struct Finished {
@@ -200,9 +219,17 @@ impl Mailer {
                 .default_dead_letter()
                 .map_err(|e| SettingsError::new("bus.dead_letter_queue", e.to_string()))?,
         };
+        let permits = Arc::new(Semaphore::new(settings.concurrency));
+        let confirmer = Arc::new(Confirmer {
+            store: store.clone(),
+            clock: clock.clone(),
+            permits: permits.clone(),
+            concurrency: settings.concurrency,
+        });
+        let (to_confirm, confirm_queue) = mpsc::unbounded_channel();
         Ok(Mailer {
             inner: Arc::new(Inner {
-                permits: Arc::new(Semaphore::new(settings.concurrency)),
+                permits,
                 store,
                 bus,
                 composer,
@@ -213,6 +240,10 @@ impl Mailer {
                 clock,
                 last_completion: Mutex::new(None),
                 queue_ready: OnceCell::new(),
+                cadence: Mutex::new(None),
+                confirmer,
+                to_confirm,
+                confirm_queue: Mutex::new(Some(confirm_queue)),
             }),
         })
     }
@@ -316,9 +347,18 @@ fn batch_report(done: Result<MailerReport, JoinError>) -> MailerReport {
 }
 
 impl Inner {
-    /// Creates (or updates) the email queue and its dead-letter queue,
-    /// once per mailer.
+    /// Starts the confirmer's task and creates (or updates) the email queue
+    /// and its dead-letter queue, once per mailer. The task ends once the
+    /// mailer and its batches are gone, after confirming what they left.
     async fn prepare(&self) -> Result<(), BusError> {
+        let queue = self
+            .confirm_queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(queue) = queue {
+            tokio::spawn(self.confirmer.clone().run(queue));
+        }
         self.queue_ready
             .get_or_try_init(|| async {
                 let config = QueueConfig {
@@ -422,7 +462,7 @@ impl Inner {
                 .await;
         }
 
-        let cadence = match self.store.members().cadence_policy().await {
+        let cadence = match self.cadence_policy().await {
             Ok(cadence) => cadence,
             Err(e) => return self.retry_later(alert_id, items, &e).await,
         };
@@ -457,7 +497,9 @@ impl Inner {
         for (pending, outcome) in items.into_iter().zip(outcomes) {
             match outcome {
                 ClaimOutcome::Claimed {
-                    possible_duplicate, ..
+                    possible_duplicate,
+                    member,
+                    ..
                 } => {
                     if possible_duplicate {
                         report.possible_duplicates += 1;
@@ -467,7 +509,8 @@ impl Inner {
                         }
                         .emit();
                     }
-                    to_send.push(pending);
+                    let recipient = recipient::from_claim(pending.job.member_id.clone(), member);
+                    to_send.push(Ready { pending, recipient });
                 }
                 ClaimOutcome::Busy { until } => {
                     report.busy += 1;
@@ -505,62 +548,35 @@ impl Inner {
         self.ack(done).await;
     }
 
-    /// Reads the members of the claimed messages in one query; those that
-    /// cannot be sent to (gone, or the read failed) are handled here.
-    async fn with_members(
-        &self,
-        alert_id: &str,
-        to_send: Vec<Pending>,
-        report: &mut MailerReport,
-    ) -> Vec<Ready> {
-        let ids: Vec<&str> = to_send.iter().map(|p| p.job.member_id.as_str()).collect();
-        let members = match self.store.members().get_many(&ids).await {
-            Ok(members) => members,
-            Err(e) => {
-                let reason = e.to_string();
-                for pending in to_send {
-                    let failed = Finished {
-                        pending,
-                        address: None,
-                        attempt: Attempt::Store(reason.clone()),
-                    };
-                    self.handle_failure(alert_id, failed, report).await;
-                }
-                return Vec::new();
-            }
-        };
-        let mut members: HashMap<String, Recipient> = members
-            .iter()
-            .map(|m| (m.id.clone(), recipient::from_member(m)))
-            .collect();
-        let mut ready = Vec::with_capacity(to_send.len());
-        for pending in to_send {
-            match members.remove(&pending.job.member_id) {
-                Some(recipient) => ready.push(Ready { pending, recipient }),
-                None => {
-                    let gone = Finished {
-                        pending,
-                        address: None,
-                        attempt: Attempt::NotComposed("the member no longer exists".to_owned()),
-                    };
-                    self.handle_failure(alert_id, gone, report).await;
-                }
-            }
+    /// The cadence policy, read again once the one read last is
+    /// [`CADENCE_REUSE`] old.
+    async fn cadence_policy(&self) -> Result<CadencePolicy, StoreError> {
+        let cached = self
+            .cadence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|(read_at, _)| read_at.elapsed() < CADENCE_REUSE)
+            .map(|(_, cadence)| *cadence);
+        if let Some(cadence) = cached {
+            return Ok(cadence);
         }
-        ready
+        let read_at = Instant::now();
+        let cadence = self.store.members().cadence_policy().await?;
+        *self.cadence.lock().unwrap_or_else(PoisonError::into_inner) = Some((read_at, cadence));
+        Ok(cadence)
     }
 
-    /// Sends every claimed message, at most `concurrency` at once, and
-    /// confirms the sends as they complete; adds the receipts of confirmed
-    /// sends to `acks`.
+    /// Sends every claimed message, at most `concurrency` at once, hands
+    /// each completed send with its permit to the confirmer, and waits
+    /// for its answers; adds the receipts of confirmed sends to `acks`.
     async fn send_all(
         &self,
         send: SendContext,
-        to_send: Vec<Pending>,
+        to_send: Vec<Ready>,
         acks: &mut Vec<Receipt>,
         report: &mut MailerReport,
     ) {
-        let to_send = self.with_members(&send.alert.id, to_send, report).await;
         let chunk_size = if sends_in_batches(send.transport.as_ref()) {
             self.settings.concurrency
         } else {
@@ -572,16 +588,7 @@ impl Inner {
             waiting.push_back(items.by_ref().take(chunk_size).collect());
         }
         let mut running: JoinSet<Chunk> = JoinSet::new();
-        // Completed sends are confirmed (and acked) together: one write
-        // transaction per group rather than per send. A group closes when
-        // it holds half the permits, when nothing else of the batch is in
-        // flight, or SETTLE_WITHIN after its first send completed, so a
-        // slow send never keeps the others unconfirmed (and their permits
-        // taken) for long.
-        let settle_at = (self.settings.concurrency / 2).max(1);
-        let mut completed = Vec::new();
-        let mut completed_sends = 0;
-        let mut settle_by = tokio::time::Instant::now();
+        let mut confirmations = Vec::new();
         loop {
             let next_len = waiting.front().map_or(1, Vec::len);
             let permits = u32::try_from(next_len).unwrap_or(u32::MAX);
@@ -600,106 +607,83 @@ impl Inner {
                         permit,
                     ));
                 }
-                Some(first) = running.join_next(), if !running.is_empty() => {
-                    if completed.is_empty() {
-                        settle_by = tokio::time::Instant::now() + SETTLE_WITHIN;
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    let chunk = match done {
+                        Ok(chunk) => chunk,
+                        Err(e) => {
+                            tracing::error!(alert_id = %send.alert.id, error = %e, "a send task ended abnormally; its messages are redelivered after their claims lapse");
+                            continue;
+                        }
+                    };
+                    if let Some(confirmation) = self.hand_over(&send.alert.id, chunk, report).await {
+                        confirmations.push(confirmation);
                     }
-                    for done in std::iter::once(first).chain(std::iter::from_fn(|| running.try_join_next())) {
-                        completed_sends += done.as_ref().map_or(1, |chunk| chunk.finished.len());
-                        completed.push(done);
-                    }
-                    if completed_sends >= settle_at || running.is_empty() {
-                        completed_sends = 0;
-                        self.settle(&send, std::mem::take(&mut completed), acks, report).await;
-                    }
-                }
-                () = tokio::time::sleep_until(settle_by), if !completed.is_empty() => {
-                    completed_sends = 0;
-                    self.settle(&send, std::mem::take(&mut completed), acks, report).await;
                 }
                 else => break,
             }
         }
-        if !completed.is_empty() {
-            self.settle(&send, completed, acks, report).await;
+        for (mut receipts, confirmed) in confirmations {
+            // A confirmer that went away before answering (its task
+            // panicked) confirmed nothing that it did not report.
+            if confirmed.await.unwrap_or(false) {
+                let count = receipts.len() as u64;
+                acks.append(&mut receipts);
+                report.sent += count;
+                telemetry::EmailsSent {
+                    alert_id: &send.alert.id,
+                    transport: &send.transport_name,
+                    count,
+                }
+                .emit();
+            }
         }
     }
 
-    /// Confirms the sends of completed chunks, adds their receipts to
-    /// `acks`, then releases their permits and handles the failures.
-    async fn settle(
+    /// Hands a completed chunk's sends, with its permits, to the confirmer
+    /// and handles its failures; returns the receipts of the sends it handed
+    /// over, to ack once the answer says they are confirmed.
+    async fn hand_over(
         &self,
-        send: &SendContext,
-        completed: Vec<Result<Chunk, JoinError>>,
-        acks: &mut Vec<Receipt>,
+        alert_id: &str,
+        chunk: Chunk,
         report: &mut MailerReport,
-    ) {
+    ) -> Option<(Vec<Receipt>, oneshot::Receiver<bool>)> {
         let mut sent = Vec::new();
         let mut receipts = Vec::new();
         let mut failures = Vec::new();
-        let mut permits = Vec::new();
-        for chunk in completed {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    tracing::error!(alert_id = %send.alert.id, error = %e, "a send task ended abnormally; its messages are redelivered after their claims lapse");
-                    continue;
+        for finished in chunk.finished {
+            match finished.attempt {
+                Attempt::Sent(provider_message_id) => {
+                    sent.push(SentMessage {
+                        member_id: finished.pending.job.member_id,
+                        provider_message_id,
+                    });
+                    receipts.push(finished.pending.delivery.receipt);
                 }
+                _ => failures.push(finished),
+            }
+        }
+        let handed = if sent.is_empty() {
+            drop(chunk.permits);
+            None
+        } else {
+            let (answer, confirmed) = oneshot::channel();
+            let item = ToConfirm {
+                alert_id: alert_id.to_owned(),
+                sent,
+                permits: chunk.permits,
+                answer,
             };
-            for finished in chunk.finished {
-                match finished.attempt {
-                    Attempt::Sent(provider_message_id) => {
-                        sent.push(SentMessage {
-                            member_id: finished.pending.job.member_id,
-                            provider_message_id,
-                        });
-                        receipts.push(finished.pending.delivery.receipt);
-                    }
-                    _ => failures.push(finished),
-                }
+            if let Err(mpsc::error::SendError(item)) = self.to_confirm.send(item) {
+                // No confirmer task (it panicked): confirm here instead.
+                self.confirmer.settle(vec![item]).await;
             }
-            permits.push(chunk.permits);
-        }
-        if !sent.is_empty() && self.confirm(&send.alert.id, &sent).await {
-            report.sent += sent.len() as u64;
-            telemetry::EmailsSent {
-                alert_id: &send.alert.id,
-                transport: &send.transport_name,
-                count: sent.len() as u64,
-            }
-            .emit();
-            acks.append(&mut receipts);
-        }
-        drop(permits);
+            Some((receipts, confirmed))
+        };
         for failure in failures {
-            self.handle_failure(&send.alert.id, failure, report).await;
+            self.handle_failure(alert_id, failure, report).await;
         }
-    }
-
-    /// Confirms in the send log, retrying briefly; false when it could not,
-    /// which leaves the messages to be redelivered and resent as possible
-    /// duplicates once their claims lapse.
-    async fn confirm(&self, alert_id: &str, sent: &[SentMessage]) -> bool {
-        let mut attempt = 1;
-        loop {
-            let result = self
-                .store
-                .brand_alerts()
-                .confirm_sent(alert_id, sent, self.clock.now())
-                .await;
-            match result {
-                Ok(()) => return true,
-                Err(e) if attempt < CONFIRM_ATTEMPTS => {
-                    tracing::warn!(alert_id, attempt, error = %e, "confirming sent emails failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    tracing::error!(alert_id, count = sent.len(), error = %e, "cannot confirm sent emails; they will be resent as possible duplicates");
-                    return false;
-                }
-            }
-        }
+        handed
     }
 
     async fn handle_failure(&self, alert_id: &str, finished: Finished, report: &mut MailerReport) {
@@ -713,12 +697,6 @@ impl Inner {
             Attempt::Sent(_) => {}
             Attempt::NotComposed(reason) => {
                 self.fail_and_dead_letter(alert_id, &pending, FailureKind::Render, &reason, report)
-                    .await;
-            }
-            Attempt::Store(e) => {
-                tracing::warn!(alert_id, member_id, error = %e, "cannot read the member; retrying later");
-                self.release(alert_id, &member_id, &e).await;
-                self.nack(&pending.delivery.receipt, STORE_RETRY_DELAY)
                     .await;
             }
             Attempt::Failed(SendError::Transient {
@@ -945,6 +923,104 @@ impl Inner {
                 telemetry::alerts_completed(&ids);
             }
             Err(e) => tracing::warn!(error = %e, "cannot complete finished alerts; retrying later"),
+        }
+    }
+}
+
+/// Completed sends of one chunk, waiting for their confirm with the
+/// permits they were sent under.
+struct ToConfirm {
+    alert_id: String,
+    sent: Vec<SentMessage>,
+    permits: OwnedSemaphorePermit,
+    /// Whether they were confirmed.
+    answer: oneshot::Sender<bool>,
+}
+
+/// Confirms the completed sends of every batch of a mailer, in rounds.
+struct Confirmer {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    permits: Arc<Semaphore>,
+    concurrency: usize,
+}
+
+impl Confirmer {
+    /// Takes completed sends until every sender is gone. A round takes
+    /// those waiting; while fewer than half the permits' sends are in it
+    /// and other sends are still in flight, it waits for them, at most
+    /// [`SETTLE_WITHIN`] after its first, so a slow send never keeps the
+    /// others unconfirmed (and their permits taken) for long.
+    async fn run(self: Arc<Self>, mut queue: UnboundedReceiver<ToConfirm>) {
+        let settle_at = (self.concurrency / 2).max(1);
+        while let Some(first) = queue.recv().await {
+            let settle_by = tokio::time::Instant::now() + SETTLE_WITHIN;
+            let mut round = vec![first];
+            loop {
+                while let Ok(more) = queue.try_recv() {
+                    round.push(more);
+                }
+                let held: usize = round.iter().map(|item| item.permits.num_permits()).sum();
+                let sends: usize = round.iter().map(|item| item.sent.len()).sum();
+                let in_flight = self.concurrency - self.permits.available_permits();
+                if sends >= settle_at || in_flight <= held {
+                    break;
+                }
+                match tokio::time::timeout_at(settle_by, queue.recv()).await {
+                    Ok(Some(more)) => round.push(more),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.settle(round).await;
+        }
+    }
+
+    /// Confirms the round's sends (a transaction per alert), releases their
+    /// permits and answers each chunk.
+    async fn settle(&self, round: Vec<ToConfirm>) {
+        let mut alerts: Vec<(&str, Vec<SentMessage>)> = Vec::new();
+        for item in &round {
+            match alerts.iter_mut().find(|(id, _)| *id == item.alert_id) {
+                Some((_, sent)) => sent.extend(item.sent.iter().cloned()),
+                None => alerts.push((&item.alert_id, item.sent.clone())),
+            }
+        }
+        let mut confirmed = HashSet::new();
+        for (alert_id, sent) in &alerts {
+            if self.confirm(alert_id, sent).await {
+                confirmed.insert(alert_id.to_string());
+            }
+        }
+        for item in round {
+            drop(item.permits);
+            // A batch that went away (aborted) needs no answer.
+            let _ = item.answer.send(confirmed.contains(&item.alert_id));
+        }
+    }
+
+    /// Confirms in the send log, retrying briefly; false when it could not,
+    /// which leaves the messages to be redelivered and resent as possible
+    /// duplicates once their claims lapse.
+    async fn confirm(&self, alert_id: &str, sent: &[SentMessage]) -> bool {
+        let mut attempt = 1;
+        loop {
+            let result = self
+                .store
+                .brand_alerts()
+                .confirm_sent(alert_id, sent, self.clock.now())
+                .await;
+            match result {
+                Ok(()) => return true,
+                Err(e) if attempt < CONFIRM_ATTEMPTS => {
+                    tracing::warn!(alert_id, attempt, error = %e, "confirming sent emails failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    tracing::error!(alert_id, count = sent.len(), error = %e, "cannot confirm sent emails; they will be resent as possible duplicates");
+                    return false;
+                }
+            }
         }
     }
 }

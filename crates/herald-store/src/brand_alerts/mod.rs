@@ -138,11 +138,13 @@ pub struct BuildStep {
 /// The answer to a claim for one member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimOutcome {
-    /// Send now. `possible_duplicate` when the claim was taken over from a
-    /// process that died mid-send, which may have sent it already.
+    /// Send now, to `member`. `possible_duplicate` when the claim was taken
+    /// over from a process that died mid-send, which may have sent it
+    /// already.
     Claimed {
         possible_duplicate: bool,
         attempt: u32,
+        member: Addressee,
     },
     /// Another worker holds a live claim until this time; retry after it.
     Busy { until: Timestamp },
@@ -151,6 +153,19 @@ pub enum ClaimOutcome {
     /// Not sendable any more; the row is now finished as skipped with this
     /// reason.
     Skipped(SkipReason),
+}
+
+/// What an email needs of a member, read in the member's claim so the
+/// sender need not read the member again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addressee {
+    pub email: String,
+    pub name: Option<String>,
+    pub first_name: Option<String>,
+    pub locale: Option<String>,
+    pub time_zone: Option<String>,
+    /// The key provider events are routed by; `None` means the member id.
+    pub customer_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -328,7 +343,8 @@ pub trait BrandAlertStore: Send + Sync {
     /// Claims the send-log rows of these members in one transaction,
     /// checking again that each member exists, is active, subscribed, not
     /// suppressed and under the cadence limit (counting other alerts' sent
-    /// and claimed rows in the window). Outcomes come in `member_ids` order.
+    /// and claimed rows in the window). Outcomes come in `member_ids` order;
+    /// a claimed one carries what the email needs of the member.
     async fn claim_sends(
         &self,
         alert_id: &str,
@@ -831,6 +847,28 @@ pub(crate) struct ClaimFacts {
     row_possible_duplicate: Option<bool>,
     claim_expires_at: Option<i64>,
     attempts: Option<i64>,
+    /// The member's address and what the email shows of them; `None` when
+    /// no such member exists.
+    email: Option<String>,
+    name: Option<String>,
+    first_name: Option<String>,
+    locale: Option<String>,
+    time_zone: Option<String>,
+    customer_id: Option<String>,
+}
+
+impl ClaimFacts {
+    /// Who a claimed email goes to; `None` when the member does not exist.
+    fn addressee(&self) -> Option<Addressee> {
+        Some(Addressee {
+            email: self.email.clone()?,
+            name: self.name.clone(),
+            first_name: self.first_name.clone(),
+            locale: self.locale.clone(),
+            time_zone: self.time_zone.clone(),
+            customer_id: self.customer_id.clone(),
+        })
+    }
 }
 
 /// One send-log row to insert or overwrite. `claimed_at` is the claim's
@@ -908,11 +946,15 @@ pub(crate) fn plan_claims(
                 None => {
                     let attempt = attempts + 1;
                     let possible_duplicate = row_state == Some(SendState::Claimed);
+                    let member = fact.addressee().ok_or_else(|| {
+                        corrupt(format!("member {member_id} is active without an address"))
+                    })?;
                     (
                         ClaimOutcome::Claimed {
                             possible_duplicate,
                             attempt: u32::try_from(attempt)
                                 .map_err(|_| corrupt(format!("attempt count {attempt}")))?,
+                            member,
                         },
                         Some(SendLogWrite {
                             member_id: member_id.clone(),

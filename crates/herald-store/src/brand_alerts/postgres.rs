@@ -465,7 +465,8 @@ impl BrandAlertSql for PgBrandAlertSql {
             "SELECT EXISTS (SELECT 1 FROM brand_alerts WHERE id = $3) AS alert_exists, \
                  j.member_id, m.status, {}, \
                  l.state AS row_state, l.possible_duplicate AS row_possible_duplicate, \
-                 l.claim_expires_at, l.attempts \
+                 l.claim_expires_at, l.attempts, m.email, m.name, m.first_name, m.locale, \
+                 m.time_zone, m.customer_id \
              FROM unnest($4::text[]) AS j(member_id) \
              LEFT JOIN members AS m ON m.id = j.member_id \
              LEFT JOIN send_log AS l ON l.alert_id = $3 AND l.member_id = j.member_id",

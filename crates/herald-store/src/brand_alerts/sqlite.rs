@@ -2,8 +2,9 @@ use async_trait::async_trait;
 use herald_core::alert::AlertState;
 use herald_core::catalog::BRAND_ALERTS;
 use herald_core::Timestamp;
+use sqlx::pool::PoolConnection;
 use sqlx::types::Json;
-use sqlx::SqliteConnection;
+use sqlx::{Sqlite, SqliteConnection};
 
 use super::{
     db_count, plan_claims, tally, AlertRow, AudienceQuery, BrandAlertSql, BuildStep, CandidateRow,
@@ -140,6 +141,147 @@ impl From<PageEntry> for CandidateRow {
             unsubscribed: unsubscribed != 0,
             suppressed: suppressed != 0,
             recent_sends,
+        }
+    }
+}
+
+/// Begins a claim's transaction and reads the facts of its members as one
+/// value: a JSON array with one [`FactsEntry`] per member. Parameters:
+/// `?1`-`?3` as in [`exclusion_columns`], `?4` the member ids (JSON). One
+/// value crosses from SQLite instead of a row per member.
+fn claim_facts_sql() -> String {
+    format!(
+        "BEGIN IMMEDIATE; \
+         SELECT json_group_array(json_array(alert_exists, member_id, status, unsubscribed, \
+             suppressed, recent_sends, row_state, row_possible_duplicate, claim_expires_at, \
+             attempts, email, name, first_name, locale, time_zone, customer_id)) \
+         FROM (SELECT EXISTS (SELECT 1 FROM brand_alerts WHERE id = ?3) AS alert_exists, \
+                 j.value AS member_id, m.status AS status, {}, \
+                 l.state AS row_state, l.possible_duplicate AS row_possible_duplicate, \
+                 l.claim_expires_at, l.attempts, m.email, m.name, m.first_name, m.locale, \
+                 m.time_zone, m.customer_id \
+             FROM json_each(?4) AS j \
+             LEFT JOIN members AS m ON m.id = j.value \
+             LEFT JOIN send_log AS l ON l.alert_id = ?3 AND l.member_id = j.value)",
+        exclusion_columns("j.value", "m.email_normalized")
+    )
+}
+
+/// One entry of [`claim_facts_sql`]'s array.
+#[derive(serde::Deserialize)]
+struct FactsEntry(
+    i64,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+impl From<FactsEntry> for ClaimFacts {
+    fn from(
+        FactsEntry(
+            alert_exists,
+            member_id,
+            status,
+            unsubscribed,
+            suppressed,
+            recent_sends,
+            row_state,
+            row_possible_duplicate,
+            claim_expires_at,
+            attempts,
+            email,
+            name,
+            first_name,
+            locale,
+            time_zone,
+            customer_id,
+        ): FactsEntry,
+    ) -> Self {
+        ClaimFacts {
+            alert_exists: alert_exists != 0,
+            member_id,
+            status,
+            unsubscribed: unsubscribed != 0,
+            suppressed: suppressed != 0,
+            recent_sends,
+            row_state,
+            row_possible_duplicate: row_possible_duplicate.map(|flag| flag != 0),
+            claim_expires_at,
+            attempts,
+            email,
+            name,
+            first_name,
+            locale,
+            time_zone,
+            customer_id,
+        }
+    }
+}
+
+/// The writer connection in a transaction that a statement string begins
+/// itself (`BEGIN IMMEDIATE; ...`) and commits itself (`...; COMMIT`),
+/// sparing the round trips to the connection's thread that sqlx's own
+/// BEGIN and COMMIT would each take. sqlx does not know about such a
+/// transaction, so this guard ends it instead: after a failed statement
+/// [`WriterTransaction::roll_back`] rolls it back, and a guard dropped
+/// while the transaction may be open (its future cancelled mid-way) closes
+/// the connection, which rolls back, rather than return it to the pool
+/// inside a transaction.
+struct WriterTransaction {
+    conn: PoolConnection<Sqlite>,
+    may_be_open: bool,
+}
+
+impl WriterTransaction {
+    async fn acquire(db: &SqliteDb) -> Result<Self, StoreError> {
+        let conn = db
+            .writer
+            .acquire()
+            .await
+            .map_err(err("acquire the writer connection"))?;
+        Ok(Self {
+            conn,
+            may_be_open: true,
+        })
+    }
+
+    /// The string's COMMIT ran.
+    fn committed(mut self) {
+        self.may_be_open = false;
+    }
+
+    /// Rolls back after `error`, which may have stopped the string between
+    /// its BEGIN and its COMMIT, and returns the error. A ROLLBACK that
+    /// fails (no transaction was open: the BEGIN failed) leaves the guard
+    /// to close the connection, the safe side.
+    async fn roll_back(mut self, error: StoreError) -> StoreError {
+        if sqlx::query("ROLLBACK")
+            .execute(&mut *self.conn)
+            .await
+            .is_ok()
+        {
+            self.may_be_open = false;
+        }
+        error
+    }
+}
+
+impl Drop for WriterTransaction {
+    fn drop(&mut self) {
+        if self.may_be_open {
+            self.conn.close_on_drop();
         }
     }
 }
@@ -574,32 +716,38 @@ impl BrandAlertSql for SqliteBrandAlertSql {
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<ClaimOutcome>, StoreError> {
         const CONTEXT: &str = "claim brand alert sends";
-        let mut tx = self
-            .0
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err(CONTEXT))?;
-        let facts: Vec<ClaimFacts> = sqlx::query_as(&format!(
-            "SELECT EXISTS (SELECT 1 FROM brand_alerts WHERE id = ?3) AS alert_exists, \
-                 j.value AS member_id, m.status AS status, {}, \
-                 l.state AS row_state, l.possible_duplicate AS row_possible_duplicate, \
-                 l.claim_expires_at, l.attempts \
-             FROM json_each(?4) AS j \
-             LEFT JOIN members AS m ON m.id = j.value \
-             LEFT JOIN send_log AS l ON l.alert_id = ?3 AND l.member_id = j.value",
-            exclusion_columns("j.value", "m.email_normalized")
-        ))
-        .bind(BRAND_ALERTS)
-        .bind(request.window_start.millis())
-        .bind(request.alert_id)
-        .bind(json_array(&request.unique_ids))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(err(CONTEXT))?;
-        let (outcomes, writes, delta) = plan_claims(Self::BACKEND, request, facts)?;
-        if !writes.is_empty() || !delta.is_zero() {
-            // The rows and the counts in one round trip to the writer.
+        let mut tx = WriterTransaction::acquire(&self.0).await?;
+        // All rows rather than one: a fetch that stops at the first row
+        // leaves the string's last statement unfinished.
+        let read: Result<Vec<String>, _> = sqlx::query_scalar(&claim_facts_sql())
+            .bind(BRAND_ALERTS)
+            .bind(request.window_start.millis())
+            .bind(request.alert_id)
+            .bind(json_array(&request.unique_ids))
+            .fetch_all(&mut *tx.conn)
+            .await;
+        let facts = match read {
+            Ok(facts) => facts,
+            Err(e) => return Err(tx.roll_back(err(CONTEXT)(e)).await),
+        };
+        let planned =
+            serde_json::from_str::<Vec<FactsEntry>>(facts.first().map_or("", String::as_str))
+                .map_err(|e| StoreError::Corrupt {
+                    backend: Self::BACKEND,
+                    what: "claim facts",
+                    message: e.to_string(),
+                })
+                .and_then(|entries| {
+                    let facts = entries.into_iter().map(ClaimFacts::from).collect();
+                    plan_claims(Self::BACKEND, request, facts)
+                });
+        let (outcomes, writes, delta) = match planned {
+            Ok(planned) => planned,
+            Err(e) => return Err(tx.roll_back(e).await),
+        };
+        let written = if writes.is_empty() && delta.is_zero() {
+            sqlx::query("COMMIT").execute(&mut *tx.conn).await
+        } else {
             let rows: Vec<_> = writes
                 .iter()
                 .map(|w| {
@@ -614,20 +762,29 @@ impl BrandAlertSql for SqliteBrandAlertSql {
                     )
                 })
                 .collect();
-            sqlx::query(&format!("{CLAIM_WRITES}; {ADD_SEND_COUNTS}"))
+            let rows = match to_json(rows, "claims") {
+                Ok(rows) => rows,
+                Err(e) => return Err(tx.roll_back(e).await),
+            };
+            // The rows, the counts and the commit in one round trip.
+            sqlx::query(&format!("{CLAIM_WRITES}; {ADD_SEND_COUNTS}; COMMIT"))
                 .bind(request.alert_id)
                 .bind(request.now.millis())
-                .bind(to_json(rows, "claims")?)
+                .bind(rows)
                 .bind(delta.sent)
                 .bind(delta.failed)
                 .bind(delta.skipped)
                 .bind(delta.possible_duplicates)
-                .execute(&mut *tx)
+                .execute(&mut *tx.conn)
                 .await
-                .map_err(err(CONTEXT))?;
+        };
+        match written {
+            Ok(_) => {
+                tx.committed();
+                Ok(outcomes)
+            }
+            Err(e) => Err(tx.roll_back(err(CONTEXT)(e)).await),
         }
-        tx.commit().await.map_err(err(CONTEXT))?;
-        Ok(outcomes)
     }
 
     async fn confirm(
@@ -641,20 +798,25 @@ impl BrandAlertSql for SqliteBrandAlertSql {
             .iter()
             .map(|m| (m.member_id.as_str(), m.provider_message_id.as_deref()))
             .collect();
-        let mut tx = self
-            .0
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err(CONTEXT))?;
-        sqlx::query(&format!("{CONFIRM_ROWS}; {COUNT_CONFIRMED}"))
-            .bind(alert_id)
-            .bind(now.millis())
-            .bind(to_json(sent, "sent")?)
-            .execute(&mut *tx)
-            .await
-            .map_err(err(CONTEXT))?;
-        tx.commit().await.map_err(err(CONTEXT))
+        let sent = to_json(sent, "sent")?;
+        let mut tx = WriterTransaction::acquire(&self.0).await?;
+        // The transaction, the rows, the count and the commit in one round
+        // trip to the writer.
+        let confirmed = sqlx::query(&format!(
+            "BEGIN IMMEDIATE; {CONFIRM_ROWS}; {COUNT_CONFIRMED}; COMMIT"
+        ))
+        .bind(alert_id)
+        .bind(now.millis())
+        .bind(sent)
+        .execute(&mut *tx.conn)
+        .await;
+        match confirmed {
+            Ok(_) => {
+                tx.committed();
+                Ok(())
+            }
+            Err(e) => Err(tx.roll_back(err(CONTEXT)(e)).await),
+        }
     }
 
     async fn release(
@@ -926,6 +1088,129 @@ mod tests {
                 "{statement}\n{text}"
             );
         }
+        db.close().await;
+    }
+
+    /// A claim for these members of alert `alert_id`, now.
+    fn claim_request<'a>(alert_id: &'a str, member_ids: &'a [String]) -> ClaimRequest<'a> {
+        ClaimRequest {
+            alert_id,
+            member_ids,
+            unique_ids: member_ids.to_vec(),
+            window_start: Timestamp(0),
+            max_alerts: 10,
+            now: Timestamp(1_000),
+            claim_expires_at: Timestamp(61_000),
+        }
+    }
+
+    /// The writer takes a transaction of its own: it would refuse to if a
+    /// claim or confirm had left one open.
+    async fn assert_writer_usable(db: &SqliteDb) {
+        let tx = db.writer.begin_with("BEGIN IMMEDIATE").await;
+        assert!(tx.is_ok(), "{:?}", tx.err());
+        tx.unwrap().commit().await.unwrap();
+    }
+
+    async fn send_log_rows(db: &SqliteDb) -> Vec<(String, String)> {
+        sqlx::query_as("SELECT member_id, state FROM send_log ORDER BY member_id")
+            .fetch_all(&db.reader)
+            .await
+            .unwrap()
+    }
+
+    /// A claim or confirm begins and commits its transaction in its own
+    /// statement strings; one that fails between the two rolls back, so no
+    /// half of it stays and the writer is not left inside a transaction.
+    #[tokio::test]
+    async fn a_failed_claim_or_confirm_rolls_back_its_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(dir.path().join("rollback.db"))
+            .await
+            .unwrap();
+        db.migrate().await.unwrap();
+        let sql = SqliteBrandAlertSql(db.clone());
+        let members = vec!["m1".to_owned()];
+
+        // Fails after its BEGIN: the alert does not exist.
+        let unknown = sql.claim(&claim_request("nope", &members)).await;
+        assert!(
+            matches!(unknown, Err(StoreError::NotFound { .. })),
+            "{unknown:?}"
+        );
+        assert_writer_usable(&db).await;
+
+        sqlx::raw_sql(
+            "INSERT INTO templates (id, name, subject, html, created_at, updated_at) \
+                 VALUES ('t', 't', 's', 'h', 0, 0); \
+             INSERT INTO brand_alerts (id, name, subject, template_id, send_at, \
+                 affinity_threshold, state, created_at, updated_at) \
+                 VALUES ('a', 'a', 's', 't', 0, 0.5, 'sending', 0, 0); \
+             INSERT INTO members (id, email, email_normalized, status, created_at, updated_at) \
+                 VALUES ('m1', 'm1@example.com', 'm1@example.com', 'active', 0, 0);",
+        )
+        .execute(&db.writer)
+        .await
+        .unwrap();
+        let outcomes = sql.claim(&claim_request("a", &members)).await.unwrap();
+        assert!(matches!(outcomes[0], ClaimOutcome::Claimed { .. }));
+
+        // Fails after its UPDATE: the counts table is gone. The row stays
+        // claimed.
+        sqlx::raw_sql("ALTER TABLE alert_send_counts RENAME TO counts_away")
+            .execute(&db.writer)
+            .await
+            .unwrap();
+        let sent = [SentMessage {
+            member_id: "m1".into(),
+            provider_message_id: None,
+        }];
+        assert!(sql.confirm("a", &sent, Timestamp(2_000)).await.is_err());
+        assert_eq!(send_log_rows(&db).await, [("m1".into(), "claimed".into())]);
+        assert_writer_usable(&db).await;
+
+        sqlx::raw_sql("ALTER TABLE counts_away RENAME TO alert_send_counts")
+            .execute(&db.writer)
+            .await
+            .unwrap();
+        sql.confirm("a", &sent, Timestamp(2_000)).await.unwrap();
+        assert_eq!(send_log_rows(&db).await, [("m1".into(), "sent".into())]);
+        db.close().await;
+    }
+
+    /// A claim cancelled while its transaction may be open (its caller
+    /// gave up waiting) does not hand the writer back inside it.
+    #[tokio::test]
+    async fn a_cancelled_claim_leaves_no_transaction_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(dir.path().join("cancel.db")).await.unwrap();
+        db.migrate().await.unwrap();
+        let sql = SqliteBrandAlertSql(db.clone());
+        let members = vec!["m1".to_owned()];
+        // Cut short after more and more polls, so at every step of it.
+        let mut cut_short = 0;
+        for polls in 1..=40 {
+            let request = claim_request("nope", &members);
+            let mut claim = Box::pin(sql.claim(&request));
+            let mut finished = false;
+            for _ in 0..polls {
+                let polled = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(std::future::Future::poll(claim.as_mut(), cx).is_ready())
+                })
+                .await;
+                if polled {
+                    finished = true;
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            if !finished {
+                cut_short += 1;
+            }
+            drop(claim);
+            assert_writer_usable(&db).await;
+        }
+        assert!(cut_short > 0, "no claim was cut short");
         db.close().await;
     }
 }

@@ -13,8 +13,8 @@ use herald_core::cadence::CadencePolicy;
 use herald_core::email_event::{EmailEvent, EventType, Provider};
 use herald_core::Timestamp;
 use herald_store::brand_alerts::{
-    AudienceCandidate, BrandAlert, BrandAlertFilter, BrandAlertPatch, BuildStep, ClaimOutcome,
-    Exclusion, NewBrandAlert, SendState, SentMessage, SkipReason,
+    Addressee, AudienceCandidate, BrandAlert, BrandAlertFilter, BrandAlertPatch, BuildStep,
+    ClaimOutcome, Exclusion, NewBrandAlert, SendState, SentMessage, SkipReason,
 };
 use herald_store::email_events::{EventKey, EventTimeline, TimeBucket, TimelineCount};
 use herald_store::page::PageRequest;
@@ -669,6 +669,23 @@ fn brands(ids: &[&str]) -> Vec<String> {
     ids.iter().map(|s| s.to_string()).collect()
 }
 
+/// A claim of a member seeded by [`member_sql`], whose address is all an
+/// email has of them.
+fn claimed(member: &str, possible_duplicate: bool, attempt: u32) -> ClaimOutcome {
+    ClaimOutcome::Claimed {
+        possible_duplicate,
+        attempt,
+        member: Addressee {
+            email: format!("{member}@Example.com"),
+            name: None,
+            first_name: None,
+            locale: None,
+            time_zone: None,
+            customer_id: None,
+        },
+    }
+}
+
 async fn audience_lists_members_over_the_threshold_with_their_exclusion(db: TestDb) {
     seed_catalog(&db).await;
     seed_audience(&db).await;
@@ -947,8 +964,15 @@ async fn claims_answer_by_the_state_of_the_row(db: TestDb) {
     let cadence = CadencePolicy::default();
     let t0 = db.clock_now();
     let members = brands(&["a01", "a08", "a02"]);
+    exec(
+        &db,
+        "UPDATE members SET name = 'Ann Lee', first_name = 'Ann', locale = 'fr-FR', \
+             time_zone = 'Europe/Paris', customer_id = 'c-8' WHERE id = 'a08'",
+    )
+    .await;
 
-    // Absent rows are claimed; a member twice in a batch is busy the second time.
+    // Absent rows are claimed, each with what the email needs of the
+    // member; a member twice in a batch is busy the second time.
     let first = alerts
         .claim_sends(
             id,
@@ -959,16 +983,29 @@ async fn claims_answer_by_the_state_of_the_row(db: TestDb) {
         )
         .await
         .unwrap();
-    let fresh = ClaimOutcome::Claimed {
+    let a08 = |attempt| ClaimOutcome::Claimed {
         possible_duplicate: false,
-        attempt: 1,
+        attempt,
+        member: Addressee {
+            email: "a08@Example.com".into(),
+            name: Some("Ann Lee".into()),
+            first_name: Some("Ann".into()),
+            locale: Some("fr-FR".into()),
+            time_zone: Some("Europe/Paris".into()),
+            customer_id: Some("c-8".into()),
+        },
     };
     let busy = ClaimOutcome::Busy {
         until: t0.plus(CLAIM_TTL),
     };
     assert_eq!(
         first,
-        vec![fresh.clone(), fresh.clone(), fresh.clone(), busy.clone()]
+        vec![
+            claimed("a01", false, 1),
+            a08(1),
+            claimed("a02", false, 1),
+            busy.clone()
+        ]
     );
 
     // Live claims are busy until they lapse.
@@ -1004,14 +1041,8 @@ async fn claims_answer_by_the_state_of_the_row(db: TestDb) {
         third,
         vec![
             ClaimOutcome::Finished(SendState::Sent),
-            ClaimOutcome::Claimed {
-                possible_duplicate: false,
-                attempt: 2
-            },
-            ClaimOutcome::Claimed {
-                possible_duplicate: true,
-                attempt: 2
-            },
+            a08(2),
+            claimed("a02", true, 2),
         ]
     );
     // The takeover's flag stays through a release and a new claim, and is
@@ -1024,13 +1055,7 @@ async fn claims_answer_by_the_state_of_the_row(db: TestDb) {
         .claim_sends(id, &brands(&["a02"]), &cadence, CLAIM_TTL, t2)
         .await
         .unwrap();
-    assert_eq!(
-        fourth,
-        vec![ClaimOutcome::Claimed {
-            possible_duplicate: false,
-            attempt: 3
-        }]
-    );
+    assert_eq!(fourth, vec![claimed("a02", false, 3)]);
     let stats = alerts.stats(id).await.unwrap();
     assert_eq!((stats.sent, stats.possible_duplicates), (1, 1));
     assert_send_counts_match_the_log(&db, id).await;
@@ -1098,24 +1123,20 @@ async fn one_batch_claims_and_confirms_rows_in_every_state(db: TestDb) {
         .claim_sends(id, &batch, &cadence, CLAIM_TTL, t1)
         .await
         .unwrap();
-    let claimed = |possible_duplicate, attempt| ClaimOutcome::Claimed {
-        possible_duplicate,
-        attempt,
-    };
     let busy = ClaimOutcome::Busy {
         until: t1.plus(CLAIM_TTL),
     };
     assert_eq!(
         outcomes,
         vec![
-            claimed(false, 1),
+            claimed("a01", false, 1),
             ClaimOutcome::Finished(SendState::Sent),
             busy.clone(),
             ClaimOutcome::Skipped(SkipReason::Unsubscribed),
             ClaimOutcome::Skipped(SkipReason::Suppressed),
             ClaimOutcome::Skipped(SkipReason::MemberInactive),
-            claimed(true, 2),
-            claimed(false, 2),
+            claimed("a07", true, 2),
+            claimed("a08", false, 2),
             ClaimOutcome::Skipped(SkipReason::MemberMissing),
             busy,
         ]
@@ -1148,7 +1169,7 @@ async fn one_batch_claims_and_confirms_rows_in_every_state(db: TestDb) {
             .claim_sends(id, &brands(&["a03"]), &cadence, CLAIM_TTL, t2)
             .await
             .unwrap(),
-        vec![claimed(true, 2)]
+        vec![claimed("a03", true, 2)]
     );
     alerts
         .confirm_sent(
@@ -1235,10 +1256,7 @@ async fn claims_skip_members_no_longer_eligible(db: TestDb) {
             ClaimOutcome::Skipped(SkipReason::Suppressed),
             // The other alert's claim is still in flight: it counts.
             ClaimOutcome::Skipped(SkipReason::Cadence),
-            ClaimOutcome::Claimed {
-                possible_duplicate: false,
-                attempt: 1
-            },
+            claimed("a08", false, 1),
         ]
     );
     let reasons = count(
