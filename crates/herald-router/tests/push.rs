@@ -4,8 +4,8 @@
 //! timeout). Each case runs on the embedded bus and, when
 //! HERALD_TEST_DATABASE_URL is set, on the PostgreSQL bus.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -177,27 +177,34 @@ fn metrics() -> &'static Snapshotter {
     })
 }
 
-/// `herald_push_attempts_total{shard, outcome}`.
+/// `herald_push_attempts_total{shard, outcome}` over the whole run. The
+/// debugging recorder's snapshot drains every counter it reports (swaps it
+/// to zero), and this file's tests run in parallel: each snapshot is added
+/// to one tally, so one test's read never loses another test's counts.
 fn attempts(shard: &str, outcome: &str) -> u64 {
-    metrics()
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| {
-            let key = key.key();
-            key.name() == "herald_push_attempts_total"
-                && key
-                    .labels()
-                    .any(|l| l.key() == "shard" && l.value() == shard)
-                && key
-                    .labels()
-                    .any(|l| l.key() == "outcome" && l.value() == outcome)
-        })
-        .map(|(.., value)| match value {
-            DebugValue::Counter(n) => n,
-            other => panic!("not a counter: {other:?}"),
-        })
-        .sum()
+    static TALLY: Mutex<BTreeMap<(String, String), u64>> = Mutex::new(BTreeMap::new());
+    let mut tally = TALLY.lock().unwrap_or_else(PoisonError::into_inner);
+    for (key, _, _, value) in metrics().snapshot().into_vec() {
+        let key = key.key();
+        if key.name() != "herald_push_attempts_total" {
+            continue;
+        }
+        let label = |name: &str| {
+            key.labels()
+                .find(|l| l.key() == name)
+                .map(|l| l.value().to_owned())
+        };
+        match (label("shard"), label("outcome"), value) {
+            (Some(shard), Some(outcome), DebugValue::Counter(n)) => {
+                *tally.entry((shard, outcome)).or_default() += n;
+            }
+            (.., other) => panic!("not a labelled counter: {key:?} {other:?}"),
+        }
+    }
+    tally
+        .get(&(shard.to_owned(), outcome.to_owned()))
+        .copied()
+        .unwrap_or(0)
 }
 
 fn shard_name(backend: Backend, case: &str) -> String {
