@@ -243,7 +243,7 @@ impl Composer {
             .get(member_id)
             .await?
             .ok_or_else(|| PreviewError::MemberNotFound(member_id.to_owned()))?;
-        let recipient = crate::recipient::from_member(&member);
+        let recipient = Recipient::from(&member);
         let content = self.content(&alert).await?;
         let brand_ids = self.matching_brands(&alert, &content, member_id).await?;
         let email = self.compose(&alert, &content, &recipient, &brand_ids)?;

@@ -35,17 +35,24 @@ const CLAIM_WRITES: &str = "INSERT INTO send_log (alert_id, member_id, state, cl
          possible_duplicate = send_log.possible_duplicate OR excluded.possible_duplicate, \
          finished_at = excluded.finished_at, reason = excluded.reason";
 
-/// Adds `?4` sent, `?5` failed, `?6` skipped and `?7` possible duplicates
-/// to alert `?1`'s send counts; nothing when all are zero.
-const ADD_SEND_COUNTS: &str = "INSERT INTO alert_send_counts \
-         (alert_id, sent, failed, skipped, possible_duplicates) \
-     SELECT ?1, ?4, ?5, ?6, ?7 WHERE ?4 <> 0 OR ?5 <> 0 OR ?6 <> 0 OR ?7 <> 0 \
-     ON CONFLICT (alert_id) DO UPDATE SET \
-         sent = alert_send_counts.sent + excluded.sent, \
-         failed = alert_send_counts.failed + excluded.failed, \
-         skipped = alert_send_counts.skipped + excluded.skipped, \
-         possible_duplicates = \
-             alert_send_counts.possible_duplicates + excluded.possible_duplicates";
+/// Adds the counts in the parameters named by `counts` (sent, failed,
+/// skipped, possible duplicates) to the send counts of the alert named by
+/// `alert`; nothing when all are zero. The claim runs it inside its one
+/// multi-statement string, with that string's parameter numbers.
+fn add_send_counts_sql(alert: &str, counts: [&str; 4]) -> String {
+    let [sent, failed, skipped, duplicates] = counts;
+    format!(
+        "INSERT INTO alert_send_counts (alert_id, sent, failed, skipped, possible_duplicates) \
+         SELECT {alert}, {sent}, {failed}, {skipped}, {duplicates} \
+         WHERE {sent} <> 0 OR {failed} <> 0 OR {skipped} <> 0 OR {duplicates} <> 0 \
+         ON CONFLICT (alert_id) DO UPDATE SET \
+             sent = alert_send_counts.sent + excluded.sent, \
+             failed = alert_send_counts.failed + excluded.failed, \
+             skipped = alert_send_counts.skipped + excluded.skipped, \
+             possible_duplicates = \
+                 alert_send_counts.possible_duplicates + excluded.possible_duplicates"
+    )
+}
 
 /// Marks alert `?1`'s claimed rows of a JSON array of `[member_id,
 /// provider_message_id]` (`?3`) sent at `?2`. A row no longer claimed
@@ -358,24 +365,15 @@ async fn add_send_counts(
     if delta.is_zero() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO alert_send_counts (alert_id, sent, failed, skipped, possible_duplicates) \
-         VALUES (?1, ?2, ?3, ?4, ?5) \
-         ON CONFLICT (alert_id) DO UPDATE SET \
-             sent = alert_send_counts.sent + excluded.sent, \
-             failed = alert_send_counts.failed + excluded.failed, \
-             skipped = alert_send_counts.skipped + excluded.skipped, \
-             possible_duplicates = \
-                 alert_send_counts.possible_duplicates + excluded.possible_duplicates",
-    )
-    .bind(alert_id)
-    .bind(delta.sent)
-    .bind(delta.failed)
-    .bind(delta.skipped)
-    .bind(delta.possible_duplicates)
-    .execute(conn)
-    .await
-    .map_err(err(context))?;
+    sqlx::query(&add_send_counts_sql("?1", ["?2", "?3", "?4", "?5"]))
+        .bind(alert_id)
+        .bind(delta.sent)
+        .bind(delta.failed)
+        .bind(delta.skipped)
+        .bind(delta.possible_duplicates)
+        .execute(conn)
+        .await
+        .map_err(err(context))?;
     Ok(())
 }
 
@@ -781,16 +779,19 @@ impl BrandAlertSql for SqliteBrandAlertSql {
                 Err(e) => return Err(tx.roll_back(e).await),
             };
             // The rows, the counts and the commit in one round trip.
-            sqlx::query(&format!("{CLAIM_WRITES}; {ADD_SEND_COUNTS}; COMMIT"))
-                .bind(request.alert_id)
-                .bind(request.now.millis())
-                .bind(rows)
-                .bind(delta.sent)
-                .bind(delta.failed)
-                .bind(delta.skipped)
-                .bind(delta.possible_duplicates)
-                .execute(&mut *tx.conn)
-                .await
+            sqlx::query(&format!(
+                "{CLAIM_WRITES}; {}; COMMIT",
+                add_send_counts_sql("?1", ["?4", "?5", "?6", "?7"])
+            ))
+            .bind(request.alert_id)
+            .bind(request.now.millis())
+            .bind(rows)
+            .bind(delta.sent)
+            .bind(delta.failed)
+            .bind(delta.skipped)
+            .bind(delta.possible_duplicates)
+            .execute(&mut *tx.conn)
+            .await
         };
         match written {
             Ok(_) => {

@@ -385,15 +385,7 @@ async fn mean_message_size(
             .filter(|a| data.alert_brand_ids.contains(&a.brand_id) && a.score >= data.threshold)
             .map(|a| a.brand_id)
             .collect();
-        let recipient = Recipient {
-            member_id: member.id,
-            email: member.email,
-            name: member.name,
-            first_name: member.first_name,
-            locale: member.locale,
-            time_zone: member.time_zone,
-            customer_id: member.customer_id,
-        };
+        let recipient = Recipient::from(&member);
         let email = composer.compose(alert, &content, &recipient, &brand_ids)?;
         total += email.formatted()?.len();
         count += 1;
