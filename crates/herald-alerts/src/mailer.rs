@@ -194,12 +194,6 @@ struct Chunk {
     permits: OwnedSemaphorePermit,
 }
 
-/// Transports that send many messages per request, and so get them in
-/// chunks rather than one at a time.
-fn sends_in_batches(transport: &dyn Transport) -> bool {
-    transport.kind() == "sendgrid"
-}
-
 impl Mailer {
     /// `queue_config` is the email queue's configuration (max receives,
     /// dedup window, body limit); its `max_receives` bounds retries.
@@ -577,11 +571,10 @@ impl Inner {
         acks: &mut Vec<Receipt>,
         report: &mut MailerReport,
     ) {
-        let chunk_size = if sends_in_batches(send.transport.as_ref()) {
-            self.settings.concurrency
-        } else {
-            1
-        };
+        let chunk_size = send
+            .transport
+            .batch_size(self.settings.concurrency)
+            .clamp(1, self.settings.concurrency);
         let mut waiting: VecDeque<Vec<Ready>> = VecDeque::new();
         let mut items = to_send.into_iter().peekable();
         while items.peek().is_some() {

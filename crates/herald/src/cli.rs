@@ -257,7 +257,8 @@ pub struct DeliveryBenchArgs {
     /// SMTP sessions: Herald's pool size and smtp-source's -s.
     #[arg(long, default_value_t = 16)]
     pub sessions: u32,
-    /// The mailer's concurrency (default: the number of sessions).
+    /// The mailer's concurrency (default: 8 per session, each session
+    /// pipelining its share).
     #[arg(long)]
     pub concurrency: Option<usize>,
     #[arg(long, default_value_t = 32)]

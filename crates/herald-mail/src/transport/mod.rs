@@ -84,6 +84,13 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
 
     async fn send(&self, email: &OutgoingEmail) -> Result<SendReceipt, SendError>;
 
+    /// How many emails a sender with `concurrency` sends in flight should
+    /// hand to each [`Self::send_batch`] call; 1 (the default) sends each
+    /// on its own with [`Self::send`].
+    fn batch_size(&self, _concurrency: usize) -> usize {
+        1
+    }
+
     /// Sends several messages; one result per message, in order. Transports
     /// that can send many messages per request override it.
     async fn send_batch(&self, emails: &[OutgoingEmail]) -> Vec<Result<SendReceipt, SendError>> {

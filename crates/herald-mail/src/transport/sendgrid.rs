@@ -139,6 +139,12 @@ impl Transport for SendGridTransport {
         self.send_group(&[email]).await.map_err(|e| e.error)
     }
 
+    /// Emails with the same content share a request, so the more in one
+    /// call the fewer requests.
+    fn batch_size(&self, concurrency: usize) -> usize {
+        concurrency
+    }
+
     async fn send_batch(&self, emails: &[OutgoingEmail]) -> Vec<Result<SendReceipt, SendError>> {
         let mut results: Vec<Option<Result<SendReceipt, SendError>>> = vec![None; emails.len()];
         let mut sendable = Vec::new();

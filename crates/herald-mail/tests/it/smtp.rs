@@ -618,3 +618,103 @@ async fn a_pipelining_server_gets_each_message_in_two_writes() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_batch_on_a_pipelining_server_sends_each_message_with_the_next_envelope() {
+    let (port, seen) = pipelining_server().await;
+    let transport = SmtpTransport::new(&config(port, SmtpSecurity::None)).unwrap();
+    let emails = vec![
+        email("ann@example.net", "a1", "m1"),
+        email("bad@example.net", "a1", "m2"),
+        email("bob@example.net", "a1", "m3"),
+        email("cy@example.net", "a1", "m4"),
+    ];
+    let results = transport.send_batch(&emails).await;
+
+    assert_eq!(results.len(), 4);
+    assert!(results[0].is_ok(), "{results:?}");
+    assert!(
+        matches!(
+            results[1],
+            Err(SendError::Permanent {
+                suppress_address: true,
+                ..
+            })
+        ),
+        "{results:?}"
+    );
+    assert!(results[2].is_ok() && results[3].is_ok(), "{results:?}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.connections, 1, "{seen:?}");
+    assert_eq!(seen.bodies.len(), 3, "{seen:?}");
+    for (body, email) in seen.bodies.iter().zip([&emails[0], &emails[2], &emails[3]]) {
+        let raw = body
+            .strip_suffix("\r\n.\r\n")
+            .unwrap()
+            .replace("\r\n..", "\r\n.");
+        assert_mime_matches(raw.as_bytes(), email);
+    }
+    let writes_of = |body: &String| -> Vec<&String> {
+        seen.reads
+            .iter()
+            .filter(|r| r.starts_with(body.as_str()))
+            .collect()
+    };
+    // The first message's content went out with the refused message's
+    // envelope, the third's with the fourth's, the last on its own.
+    for body in &seen.bodies[..2] {
+        let writes = writes_of(body);
+        assert_eq!(writes.len(), 1, "{seen:?}");
+        let rest = &writes[0][body.len()..];
+        assert!(
+            rest.starts_with("MAIL FROM:") && rest.ends_with("\r\nDATA\r\n"),
+            "{rest:?}"
+        );
+    }
+    assert_eq!(writes_of(&seen.bodies[2]), vec![&seen.bodies[2]]);
+    // The refusal was reset before the next envelope.
+    assert!(seen.reads.iter().any(|r| r == "RSET\r\n"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_batch_goes_on_on_a_new_connection_when_the_server_drops_one() {
+    // The server ends each session right after accepting a message, so the
+    // envelope sent with each message's content is lost every time.
+    let server = CountingServer::start(true).await;
+    let transport = SmtpTransport::new(&config(server.port, SmtpSecurity::None)).unwrap();
+    let emails: Vec<_> = (1..=3)
+        .map(|i| email(&format!("member{i}@example.net"), "a1", &format!("m{i}")))
+        .collect();
+    let results = transport.send_batch(&emails).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(server.counts(), (3, 3), "(connections, messages)");
+}
+
+#[tokio::test]
+async fn a_batch_to_a_server_without_pipelining_goes_message_by_message() {
+    let server = CaptureServer::start(&[]);
+    let transport = SmtpTransport::new(&config(server.port, SmtpSecurity::None)).unwrap();
+    let emails: Vec<_> = (1..=3)
+        .map(|i| email(&format!("member{i}@example.net"), "a1", &format!("m{i}")))
+        .collect();
+    let results = transport.send_batch(&emails).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let mut captured = server.messages();
+    captured.sort_by_key(|(meta, _)| meta["rcpt_tos"][0].as_str().unwrap().to_owned());
+    assert_eq!(captured.len(), 3);
+    for (email, (envelope, raw)) in emails.iter().zip(&captured) {
+        assert_eq!(envelope["rcpt_tos"][0], email.to.email.to_string());
+        assert_mime_matches(raw, email);
+    }
+}
+
+#[test]
+fn batches_share_the_sends_in_flight_among_the_pooled_connections() {
+    let transport = SmtpTransport::new(&config(25, SmtpSecurity::None)).unwrap();
+    // config() pools 2 connections.
+    assert_eq!(transport.batch_size(1), 1);
+    assert_eq!(transport.batch_size(2), 1);
+    assert_eq!(transport.batch_size(16), 8);
+    assert_eq!(transport.batch_size(17), 9);
+    assert_eq!(transport.batch_size(1000), 32, "capped");
+}

@@ -21,6 +21,9 @@ use crate::helpers::herald_bin;
 /// Sends in flight at once (`mailer.concurrency` and `mailer.receive_batch`):
 /// the most duplicates one SIGKILL may cause.
 const IN_FLIGHT: usize = 4;
+/// SMTP connections: fewer than the sends in flight, so each connection
+/// gets its sends as a batch.
+const CONNECTIONS: usize = 2;
 
 /// The capturing SMTP server of herald-mail's tests.
 struct Sink {
@@ -135,7 +138,7 @@ kind = "smtp"
 host = "127.0.0.1"
 port = {sink}
 security = "none"
-pool_size = {IN_FLIGHT}
+pool_size = {CONNECTIONS}
 "#,
             data = dir.path().join("data").display(),
             sink = sink.port,
