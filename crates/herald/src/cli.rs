@@ -263,6 +263,10 @@ pub struct DeliveryBenchArgs {
     pub concurrency: Option<usize>,
     #[arg(long, default_value_t = 32)]
     pub receive_batch: usize,
+    /// Rounds of Herald then smtp-source, each on a fresh store; the
+    /// ratio reported is the median of the rounds'.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
     /// Folder for the run's database (default: the system's temporary folder).
     #[arg(long)]
     pub dir: Option<PathBuf>,

@@ -304,8 +304,8 @@ pub async fn bench(command: &BenchCommand) -> anyhow::Result<()> {
                 concurrency: args.concurrency,
                 receive_batch: args.receive_batch,
             };
-            let report = crate::bench::run_delivery_bench(options).await?;
-            println!("{report}");
+            let rounds = crate::bench::run_delivery_rounds(options, args.rounds).await?;
+            print!("{rounds}");
         }
         BenchCommand::Ingest(args) => {
             let private_key_pem =

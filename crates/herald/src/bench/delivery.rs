@@ -182,6 +182,60 @@ impl fmt::Display for DeliveryBenchReport {
     }
 }
 
+/// The rounds of a run of the benchmark, each a Herald phase followed by
+/// an smtp-source phase. On a machine shared with other work the rate of
+/// either phase swings by a third from one second to the next, so one
+/// round's ratio says little; the median of the rounds' ratios says more.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeliveryRounds(pub Vec<DeliveryBenchReport>);
+
+impl DeliveryRounds {
+    /// The median of the rounds' ratios (the mean of the middle two for an
+    /// even count); `None` without rounds.
+    pub fn median_ratio(&self) -> Option<f64> {
+        let mut ratios: Vec<f64> = self.0.iter().map(|r| r.ratio).collect();
+        ratios.sort_by(f64::total_cmp);
+        let middle = ratios.len() / 2;
+        match ratios.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(ratios[middle]),
+            _ => Some((ratios[middle - 1] + ratios[middle]) / 2.0),
+        }
+    }
+}
+
+impl fmt::Display for DeliveryRounds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (round, report) in self.0.iter().enumerate() {
+            writeln!(f, "round {} of {}", round + 1, self.0.len())?;
+            writeln!(f, "{report}")?;
+        }
+        if let Some(median) = self.median_ratio() {
+            let ratios: Vec<String> = self.0.iter().map(|r| format!("{:.2}", r.ratio)).collect();
+            writeln!(
+                f,
+                "rate ratio herald/smtp-source per round: {}; median {median:.2} (target at least {TARGET_RATIO})",
+                ratios.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `rounds` rounds of [`run_delivery_bench`], each on a fresh store
+/// and sink.
+pub async fn run_delivery_rounds(
+    opts: DeliveryBenchOptions,
+    rounds: u32,
+) -> anyhow::Result<DeliveryRounds> {
+    anyhow::ensure!(rounds >= 1, "rounds: must be at least 1");
+    let mut reports = Vec::new();
+    for _ in 0..rounds {
+        reports.push(run_delivery_bench(opts.clone()).await?);
+    }
+    Ok(DeliveryRounds(reports))
+}
+
 /// Runs Herald's mailer, then smtp-source, into one smtp-sink.
 pub async fn run_delivery_bench(opts: DeliveryBenchOptions) -> anyhow::Result<DeliveryBenchReport> {
     anyhow::ensure!(opts.messages >= 1, "messages: must be at least 1");
@@ -611,6 +665,45 @@ fn effective_uid_is_root() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn round(ratio: f64) -> DeliveryBenchReport {
+        DeliveryBenchReport {
+            messages: 1,
+            sessions: 1,
+            concurrency: 1,
+            receive_batch: 1,
+            message_bytes: 1,
+            setup_secs: 0.0,
+            herald_secs: 1.0,
+            herald_per_sec: ratio,
+            herald_cpu_us_per_message: None,
+            source_secs: 1.0,
+            source_per_sec: 1.0,
+            ratio,
+            sink_received_from_herald: 1,
+            sink_received_from_source: 1,
+            sent_in_send_log: 1,
+            mailer_sent: 1,
+            mailer_retried: 0,
+            mailer_failed: 0,
+            possible_duplicates: 0,
+        }
+    }
+
+    #[test]
+    fn the_median_ratio_is_the_middle_round_or_the_mean_of_the_middle_two() {
+        let rounds = |ratios: &[f64]| DeliveryRounds(ratios.iter().map(|&r| round(r)).collect());
+        assert_eq!(rounds(&[]).median_ratio(), None);
+        assert_eq!(rounds(&[0.7]).median_ratio(), Some(0.7));
+        assert_eq!(rounds(&[0.9, 0.5, 0.7]).median_ratio(), Some(0.7));
+        assert_eq!(rounds(&[0.9, 0.5, 0.7, 0.6]).median_ratio(), Some(0.65));
+        let text = rounds(&[0.9, 0.5, 0.7]).to_string();
+        assert!(text.contains("round 3 of 3"), "{text}");
+        assert!(
+            text.contains("per round: 0.90, 0.50, 0.70; median 0.70"),
+            "{text}"
+        );
+    }
 
     const REQUIRE_VAR: &str = "HERALD_REQUIRE_POSTFIX";
 

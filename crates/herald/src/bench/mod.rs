@@ -26,7 +26,10 @@ pub use audience::{
     run_audience_bench, run_build_phase, AudienceBenchOptions, AudienceBenchReport,
     BuildMeasurement, BuildPhaseOptions, BuildProcess,
 };
-pub use delivery::{run_delivery_bench, DeliveryBenchOptions, DeliveryBenchReport};
+pub use delivery::{
+    run_delivery_bench, run_delivery_rounds, DeliveryBenchOptions, DeliveryBenchReport,
+    DeliveryRounds,
+};
 pub use ingest::{run_ingest_bench, IngestBenchOptions, IngestBenchReport};
 pub use routing::{run_routing_bench, RoutingBenchOptions, RoutingBenchReport};
 
