@@ -680,8 +680,11 @@ async fn send_on(
         };
         let smtp = &mut connection.smtp;
         let group = envelope_group(mail, &message.envelope);
-        let mut reply = match &open {
-            Some((_, open_data)) => smtp.command(Raw(&format!("{open_data}{group}"))).await,
+        let mut reply = match open.as_mut() {
+            Some((_, open_data)) => {
+                open_data.push_str(&group);
+                smtp.command(Raw(open_data)).await
+            }
             None => smtp.command(Raw(&group)).await,
         };
         if let Some((open_index, _)) = open.take() {
@@ -735,7 +738,9 @@ impl fmt::Display for Raw<'_> {
 /// write, byte for byte what lettre's `message` writes in two.
 fn data_block(body: &[u8]) -> Result<String, std::str::Utf8Error> {
     let body = std::str::from_utf8(body)?;
-    let mut out = String::with_capacity(body.len() + 16);
+    // Room for the closing dot, some stuffing and the next message's
+    // envelope group, which a batch appends.
+    let mut out = String::with_capacity(body.len() + 256);
     if body.starts_with('.') {
         out.push('.');
     }
