@@ -696,7 +696,7 @@ mod tests {
         assert_eq!(rounds(&[]).median_ratio(), None);
         assert_eq!(rounds(&[0.7]).median_ratio(), Some(0.7));
         assert_eq!(rounds(&[0.9, 0.5, 0.7]).median_ratio(), Some(0.7));
-        assert_eq!(rounds(&[0.9, 0.5, 0.7, 0.6]).median_ratio(), Some(0.65));
+        assert_eq!(rounds(&[1.0, 0.25, 0.75, 0.5]).median_ratio(), Some(0.625));
         let text = rounds(&[0.9, 0.5, 0.7]).to_string();
         assert!(text.contains("round 3 of 3"), "{text}");
         assert!(
