@@ -7,7 +7,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 
 use herald_mail::transport::{SmtpConfig, SmtpSecurity, SmtpTransport};
-use herald_mail::{SendError, Transport};
+use herald_mail::{OutgoingEmail, SendError, Transport};
 use secrecy::SecretString;
 
 use crate::support::{assert_mime_matches, email};
@@ -676,17 +676,25 @@ async fn a_batch_on_a_pipelining_server_sends_each_message_with_the_next_envelop
     assert!(seen.reads.iter().any(|r| r == "RSET\r\n"), "{seen:?}");
 }
 
+/// Sends alert a1 to member1..=count@example.net as one batch and checks
+/// that every email was taken; returns the emails.
+async fn send_batch_to_members(transport: &SmtpTransport, count: usize) -> Vec<OutgoingEmail> {
+    let emails: Vec<_> = (1..=count)
+        .map(|i| email(&format!("member{i}@example.net"), "a1", &format!("m{i}")))
+        .collect();
+    let results = transport.send_batch(&emails).await;
+    assert_eq!(results.len(), count);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    emails
+}
+
 #[tokio::test]
 async fn a_batch_goes_on_on_a_new_connection_when_the_server_drops_one() {
     // The server ends each session right after accepting a message, so the
     // envelope sent with each message's content is lost every time.
     let server = CountingServer::start(true).await;
     let transport = SmtpTransport::new(&config(server.port, SmtpSecurity::None)).unwrap();
-    let emails: Vec<_> = (1..=3)
-        .map(|i| email(&format!("member{i}@example.net"), "a1", &format!("m{i}")))
-        .collect();
-    let results = transport.send_batch(&emails).await;
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    send_batch_to_members(&transport, 3).await;
     assert_eq!(server.counts(), (3, 3), "(connections, messages)");
 }
 
@@ -694,11 +702,7 @@ async fn a_batch_goes_on_on_a_new_connection_when_the_server_drops_one() {
 async fn a_batch_to_a_server_without_pipelining_goes_message_by_message() {
     let server = CaptureServer::start(&[]);
     let transport = SmtpTransport::new(&config(server.port, SmtpSecurity::None)).unwrap();
-    let emails: Vec<_> = (1..=3)
-        .map(|i| email(&format!("member{i}@example.net"), "a1", &format!("m{i}")))
-        .collect();
-    let results = transport.send_batch(&emails).await;
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let emails = send_batch_to_members(&transport, 3).await;
     let mut captured = server.messages();
     captured.sort_by_key(|(meta, _)| meta["rcpt_tos"][0].as_str().unwrap().to_owned());
     assert_eq!(captured.len(), 3);
