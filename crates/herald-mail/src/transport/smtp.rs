@@ -385,15 +385,7 @@ impl SmtpTransport {
         mut connection: Connection,
         outcome: Result<Response, Failure>,
     ) -> Result<Response, SendError> {
-        let usable = match &outcome {
-            Ok(_) | Err(Failure::Unsupported(_)) => true,
-            // A refusal leaves the session usable once the transaction is
-            // reset; anything else (network, garbled reply) ends it.
-            Err(Failure::Smtp { error, .. }) => {
-                error.status().is_some() && connection.smtp.command(Rset).await.is_ok()
-            }
-        };
-        if usable {
+        if carry_on(&mut connection.smtp, &outcome).await.is_ok() {
             self.put_idle(connection);
         }
         outcome.map_err(Failure::into_send_error)
@@ -611,27 +603,37 @@ async fn record(
     index: usize,
     outcome: Result<Response, Failure>,
 ) -> Result<(), Broken> {
-    let broken = match outcome {
-        Err(Failure::Smtp {
-            stage: Stage::Mail,
-            error,
-        }) if error.status().is_none() => {
+    if let Err(Failure::Smtp {
+        stage: Stage::Mail,
+        error,
+    }) = &outcome
+    {
+        if error.status().is_none() {
             return Err(Broken {
                 resume_at: index,
-                error: classify(&error),
-            })
+                error: classify(error),
+            });
         }
-        Err(Failure::Smtp { ref error, .. }) if error.status().is_none() => Some(classify(error)),
-        Err(Failure::Smtp { .. }) => smtp.command(Rset).await.err().map(|e| classify(&e)),
-        Ok(_) | Err(Failure::Unsupported(_)) => None,
-    };
+    }
+    let session = carry_on(smtp, &outcome).await;
     replies[index] = Some(outcome);
-    match broken {
-        None => Ok(()),
-        Some(error) => Err(Broken {
-            resume_at: index + 1,
-            error,
-        }),
+    session.map_err(|error| Broken {
+        resume_at: index + 1,
+        error,
+    })
+}
+
+/// Whether the session can go on after `outcome`: a refusal leaves it
+/// usable once the transaction is reset; anything else (network, garbled
+/// reply) ends it, and the error says how.
+async fn carry_on(
+    smtp: &mut AsyncSmtpConnection,
+    outcome: &Result<Response, Failure>,
+) -> Result<(), SendError> {
+    match outcome {
+        Ok(_) | Err(Failure::Unsupported(_)) => Ok(()),
+        Err(Failure::Smtp { error, .. }) if error.status().is_none() => Err(classify(error)),
+        Err(Failure::Smtp { .. }) => smtp.command(Rset).await.map(drop).map_err(|e| classify(&e)),
     }
 }
 

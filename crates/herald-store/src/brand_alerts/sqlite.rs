@@ -58,11 +58,17 @@ fn add_send_counts_sql(alert: &str, counts: [&str; 4]) -> String {
 /// provider_message_id]` (`?3`) sent at `?2`. A row no longer claimed
 /// (failed, or taken over and finished meanwhile) is left as it is. The
 /// array is unpacked once into a materialized table that drives the
-/// update, each member's row looked up by its key: without `MATERIALIZED`
-/// SQLite's planner puts the updated table first and scans all of the
-/// alert's rows, and a provider id looked up per row by a correlated
-/// subquery over `json_each` re-reads the whole array for each row.
-const CONFIRM_ROWS: &str = "WITH sent (member_id, provider_message_id) AS MATERIALIZED          (SELECT value ->> 0, value ->> 1 FROM json_each(?3))      UPDATE send_log SET state = 'sent', finished_at = ?2,          provider_message_id = sent.provider_message_id, claim_expires_at = NULL      FROM sent      WHERE send_log.alert_id = ?1 AND send_log.member_id = sent.member_id        AND send_log.state = 'claimed'";
+/// update, each member's row looked up by its key: with `json_each`
+/// itself in `FROM`, SQLite's planner puts the updated table first and
+/// scans all of the alert's rows, and a provider id looked up per row by a
+/// correlated subquery over `json_each` re-reads the whole array per row.
+const CONFIRM_ROWS: &str = "WITH sent (member_id, provider_message_id) AS MATERIALIZED \
+         (SELECT value ->> 0, value ->> 1 FROM json_each(?3)) \
+     UPDATE send_log SET state = 'sent', finished_at = ?2, \
+         provider_message_id = sent.provider_message_id, claim_expires_at = NULL \
+     FROM sent \
+     WHERE send_log.alert_id = ?1 AND send_log.member_id = sent.member_id \
+       AND send_log.state = 'claimed'";
 
 /// Counts the rows [`CONFIRM_ROWS`] just marked as sent for alert `?1`:
 /// run right after it, `changes()` is the number of rows it updated, so the
