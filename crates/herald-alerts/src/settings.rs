@@ -451,39 +451,74 @@ pub const GENERATED_KEY_LEN: usize = 32;
 /// Reads the unsubscribe signing key kept (hex-encoded) in `path`, or
 /// generates a random one and stores it there, readable by the owner only,
 /// so unsubscribe links keep working across restarts.
+///
+/// Processes sharing a data folder may start at once: the key is written
+/// whole to a file of its own, then linked to `path`, so a reader never
+/// sees a file being written and the first link wins for every process.
 pub fn load_or_create_key(path: &Path) -> std::io::Result<Vec<u8>> {
     match std::fs::read_to_string(path) {
-        Ok(text) => hex::decode(text.trim()).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{} does not hold a hex key: {e}", path.display()),
-            )
-        }),
+        Ok(text) => decode_key(path, &text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)?;
-            }
             let key: [u8; GENERATED_KEY_LEN] = rand::random();
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            match options.open(path) {
-                Ok(mut file) => {
-                    file.write_all(hex::encode(key).as_bytes())?;
-                    file.sync_all()?;
-                    Ok(key.to_vec())
+            match publish_key(path, &hex::encode(key)) {
+                Ok(()) => Ok(key.to_vec()),
+                // Another process linked its key first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    decode_key(path, &std::fs::read_to_string(path)?)
                 }
-                // Another process created it first: use theirs.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_key(path),
                 Err(e) => Err(e),
             }
         }
         Err(e) => Err(e),
     }
+}
+
+fn decode_key(path: &Path, text: &str) -> std::io::Result<Vec<u8>> {
+    let invalid = |why: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} {why}", path.display()),
+        )
+    };
+    let key =
+        hex::decode(text.trim()).map_err(|e| invalid(format!("does not hold a hex key: {e}")))?;
+    if key.is_empty() {
+        return Err(invalid("is empty; delete it to have a new key made".into()));
+    }
+    Ok(key)
+}
+
+/// Writes `text` to a new file beside `path`, then links it to `path`;
+/// `AlreadyExists` when `path` is there already.
+fn publish_key(path: &Path, text: &str) -> std::io::Result<()> {
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(folder)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let staged = folder.join(format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let linked = options
+        .open(&staged)
+        .and_then(|mut file| {
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::hard_link(&staged, path));
+    // The staged name has done its job, linked or not.
+    let _ = std::fs::remove_file(&staged);
+    linked
 }
 
 /// A list of durations written the humantime way: `["30s", "2m"]`.
@@ -758,5 +793,40 @@ mod tests {
         let err = load_or_create_key(&other).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("hex"), "{err}");
+
+        std::fs::write(&other, "").unwrap();
+        let err = load_or_create_key(&other).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("empty"), "{err}");
+    }
+
+    /// Processes sharing a data folder start at once (a scheduler pair, say):
+    /// none may read the file while another is still writing it.
+    #[test]
+    fn processes_creating_the_key_at_once_all_get_the_same_whole_key() {
+        const RACERS: usize = 8;
+        for _ in 0..100 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("unsubscribe.key");
+            let start = std::sync::Barrier::new(RACERS);
+            let keys: Vec<Vec<u8>> = std::thread::scope(|scope| {
+                let racers: Vec<_> = (0..RACERS)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            start.wait();
+                            load_or_create_key(&path).unwrap()
+                        })
+                    })
+                    .collect();
+                racers.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            assert_eq!(keys[0].len(), GENERATED_KEY_LEN);
+            assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+            let left: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(left, ["unsubscribe.key"], "no temporary file is left");
+        }
     }
 }

@@ -128,7 +128,8 @@ run = {{ kind = "shell", command = ["/bin/sh", "-c", "echo \"$HERALD_RUN_ID $HER
     )
 }
 
-fn serve_scheduler(dir: &std::path::Path, store_url: Option<&str>) -> Child {
+/// A scheduler process logging to `log`, so a failure can say what it did.
+fn serve_scheduler(dir: &std::path::Path, store_url: Option<&str>, log: &std::path::Path) -> Child {
     let mut cmd = herald_cmd(dir);
     cmd.args(["serve", "--roles", "scheduler"])
         .env("HERALD_SERVER__LISTEN", "127.0.0.1:0")
@@ -136,8 +137,9 @@ fn serve_scheduler(dir: &std::path::Path, store_url: Option<&str>) -> Child {
         .env("HERALD_SCHEDULER__LEASE_TTL", "3s")
         .env("HERALD_SCHEDULER__RENEW_EVERY", "1s")
         .env("HERALD_SCHEDULER__TICK_INTERVAL", "100ms")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(log).unwrap());
     if let Some(url) = store_url {
         cmd.env("HERALD_STORE__URL", url)
             .env("HERALD_BUS__BACKEND", "postgres");
@@ -183,8 +185,9 @@ async fn kill_the_leader_mid_run(store_url: Option<String>) {
     // Migrated once here, so the two processes do not race to migrate.
     let backends = Backends::open(&config).await.unwrap();
     let store = backends.store.clone();
-    let mut first = serve_scheduler(dir.path(), store_url.as_deref());
-    let mut second = serve_scheduler(dir.path(), store_url.as_deref());
+    let logs = [dir.path().join("first.log"), dir.path().join("second.log")];
+    let mut first = serve_scheduler(dir.path(), store_url.as_deref(), &logs[0]);
+    let mut second = serve_scheduler(dir.path(), store_url.as_deref(), &logs[1]);
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let leader = loop {
@@ -195,11 +198,11 @@ async fn kill_the_leader_mid_run(store_url: Option<String>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let (interrupted_run, _) = starts(&starts_file)[0].clone();
-    let (leader_child, other) = if leader == first.id() {
-        (&mut first, &mut second)
+    let (leader_child, other, other_log) = if leader == first.id() {
+        (&mut first, &mut second, &logs[1])
     } else {
         assert_eq!(leader, second.id(), "the leader is one of ours");
-        (&mut second, &mut first)
+        (&mut second, &mut first, &logs[0])
     };
     let killed_at = Instant::now();
     leader_child.kill().unwrap();
@@ -208,7 +211,12 @@ async fn kill_the_leader_mid_run(store_url: Option<String>) {
     // The survivor takes over and retries the interrupted task.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        assert!(other.try_wait().unwrap().is_none(), "the survivor exited");
+        if let Some(status) = other.try_wait().unwrap() {
+            panic!(
+                "the survivor exited ({status}); its log:\n{}",
+                std::fs::read_to_string(other_log).unwrap_or_default()
+            );
+        }
         assert!(
             Instant::now() < deadline,
             "the interrupted task was not retried: {:?}",
