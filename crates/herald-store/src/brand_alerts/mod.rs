@@ -547,7 +547,10 @@ pub(crate) trait BrandAlertSql: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<(), StoreError>;
     /// Moves alerts in `from` whose finished rows reach the audience size
-    /// to `to`; returns their ids.
+    /// to `to`; returns their ids. The finished rows are read from the
+    /// alert's send counts, kept with the rows: each mailer asks every
+    /// second, and counting a large alert's send log that often held the
+    /// writer longer the further the alert went.
     async fn complete(
         &self,
         from: AlertState,

@@ -629,8 +629,8 @@ impl BrandAlertSql for PgBrandAlertSql {
             "UPDATE brand_alerts SET state = $2, version = version + 1, updated_at = $3, \
                  completed_at = $3 \
              WHERE state = $1 AND audience_size IS NOT NULL \
-               AND (SELECT count(*) FROM send_log AS l WHERE l.alert_id = brand_alerts.id \
-                        AND l.state IN ('sent', 'failed', 'skipped')) >= audience_size \
+               AND COALESCE((SELECT c.sent + c.failed + c.skipped FROM alert_send_counts AS c \
+                        WHERE c.alert_id = brand_alerts.id), 0) >= audience_size \
              RETURNING id",
         )
         .bind(from.as_str())
