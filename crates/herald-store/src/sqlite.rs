@@ -77,6 +77,7 @@ impl SqliteDb {
             .busy_timeout(BUSY_TIMEOUT)
             .pragma("temp_store", "memory")
             .pragma("cache_size", "-32000");
+        let lock = exclusive_setup(&path).await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
@@ -95,6 +96,7 @@ impl SqliteDb {
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| StoreError::sqlite(e, &format!("cannot open {}", path.display())))?;
+        drop(lock);
         let checkpointer = Arc::new(Checkpointer::start(path.clone()));
         Ok(Self {
             writer,
@@ -114,14 +116,22 @@ impl SqliteDb {
         &self.path
     }
 
+    /// Applies the migrations this build has that the file lacks, under
+    /// the [`exclusive_setup`] lock: sqlx locks nothing around SQLite
+    /// migrations (on PostgreSQL it takes an advisory lock), so two processes
+    /// migrating a new file at once would both apply them and one would fail
+    /// on a table the other made.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR
+        let lock = exclusive_setup(&self.path).await?;
+        let applied = MIGRATOR
             .run(&self.writer)
             .await
             .map_err(|e| StoreError::Migration {
                 backend: BACKEND,
                 message: e.to_string(),
-            })
+            });
+        drop(lock);
+        applied
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -230,6 +240,34 @@ async fn checkpoint_periodically(
 }
 
 /// The file path inside a `sqlite:` URL.
+/// Waits for, then holds until the file is dropped, an exclusive lock on a
+/// file beside the database at `path` (its name with `-setup.lock` added,
+/// as SQLite adds `-wal`). It serializes what processes opening one new
+/// file at once must not do together: switching it to WAL (SQLite answers
+/// "database is locked" at once instead of waiting) and migrating it.
+async fn exclusive_setup(path: &Path) -> Result<std::fs::File, StoreError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-setup.lock");
+    let lock_path = PathBuf::from(name);
+    let locking = lock_path.clone();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&locking)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .flatten()
+    .map_err(|e| StoreError::Backend {
+        backend: BACKEND,
+        message: format!("cannot lock {}: {e}", lock_path.display()),
+    })
+}
+
 pub fn sqlite_path(url: &str) -> Result<PathBuf, StoreError> {
     let rest = url
         .strip_prefix("sqlite://")
@@ -253,6 +291,29 @@ pub fn sqlite_path(url: &str) -> Result<PathBuf, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two processes started at once on a new data folder (an API and a
+    /// mailer, or two schedulers) open the same new file: both must come up,
+    /// each finding the migrations applied by itself or by the other.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn stores_opened_at_once_on_a_new_file_both_migrate() {
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("herald.db");
+            let (first, second) = tokio::join!(SqliteDb::open(&path), SqliteDb::open(&path));
+            let (first, second) = (first.unwrap(), second.unwrap());
+            let (a, b) = tokio::join!(first.migrate(), second.migrate());
+            a.unwrap();
+            b.unwrap();
+            let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+                .fetch_one(&first.reader)
+                .await
+                .unwrap();
+            assert_eq!(applied, MIGRATOR.iter().count() as i64);
+            first.close().await;
+            second.close().await;
+        }
+    }
 
     /// Commits stay in the log until a checkpoint copies them into the
     /// database file; the writer alone would wait for 40 MB of log, so a
