@@ -34,7 +34,7 @@ impl AudienceBatch<'_> {
             }
         }
         metrics::counter!("herald_audience_batches_total").increment(1);
-        if self.batch % PROGRESS_EVERY == 0 {
+        if self.batch.is_multiple_of(PROGRESS_EVERY) {
             tracing::info!(alert_id = self.alert_id, batch = self.batch, cursor = %step.cursor, "audience build in progress");
         } else {
             tracing::debug!(alert_id = self.alert_id, batch = self.batch, enqueued = step.enqueued, cursor = %step.cursor, "audience batch enqueued");

@@ -232,7 +232,7 @@ impl BuiltinJob for Prune {
 /// would say "2months 29days 2h 52m 48s"), anything else as humantime does.
 fn describe(d: Duration) -> String {
     const DAY: u64 = 24 * 3600;
-    if d.subsec_nanos() == 0 && d.as_secs() > 0 && d.as_secs() % DAY == 0 {
+    if d.subsec_nanos() == 0 && d.as_secs() > 0 && d.as_secs().is_multiple_of(DAY) {
         format!("{}d", d.as_secs() / DAY)
     } else {
         humantime::format_duration(d).to_string()

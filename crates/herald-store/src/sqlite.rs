@@ -239,7 +239,6 @@ async fn checkpoint_periodically(
     }
 }
 
-/// The file path inside a `sqlite:` URL.
 /// Waits for, then holds until the file is dropped, an exclusive lock on a
 /// file beside the database at `path` (its name with `-setup.lock` added,
 /// as SQLite adds `-wal`). It serializes what processes opening one new
@@ -268,6 +267,7 @@ async fn exclusive_setup(path: &Path) -> Result<std::fs::File, StoreError> {
     })
 }
 
+/// The file path inside a `sqlite:` URL.
 pub fn sqlite_path(url: &str) -> Result<PathBuf, StoreError> {
     let rest = url
         .strip_prefix("sqlite://")
