@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_alerts::{AudienceJob, AudienceWorker, Composer, Mailer, Transports};
+use herald_alerts::{AudienceJob, AudienceWorker, Composer, Mailer, MailerSettings, Transports};
 use herald_bus::embedded::EmbeddedBus;
 use herald_bus::{Bus, PostgresBus, QueueConfig};
 use herald_core::{Clock, SystemClock};
@@ -114,9 +114,11 @@ pub fn queue_config(config: &Config) -> QueueConfig {
     }
 }
 
-/// The composer for this configuration: transports, sender, signing key.
+/// The composer for this configuration: transports, sender, signing key;
+/// `mailer` as [`Config::mailer_settings`] gives it.
 pub fn composer(
     config: &Config,
+    mailer: &MailerSettings,
     store: &Store,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<Composer>, AppError> {
@@ -129,7 +131,7 @@ pub fn composer(
     Ok(Arc::new(Composer::new(
         store.clone(),
         Arc::new(transports),
-        &config.mailer,
+        mailer,
         &key,
         clock,
     )?))
@@ -147,7 +149,10 @@ pub async fn run(
     // Imports spool here and the outbox writes here, whatever the store.
     std::fs::create_dir_all(&config.store.data_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let composer = composer(config, &backends.store, clock.clone())?;
+    // Unsubscribe links lead to the port actually bound (`--listen
+    // 127.0.0.1:0` included) unless a public URL is configured.
+    let mailer_settings = config.mailer_settings(listener.local_addr()?);
+    let composer = composer(config, &mailer_settings, &backends.store, clock.clone())?;
     // Before any worker or request can publish: an event published before
     // its subscriber queues exist would be lost to them.
     ensure_topology(backends.bus.as_ref(), queue_config(config)).await?;
@@ -207,7 +212,7 @@ pub async fn run(
             backends.store.clone(),
             backends.bus.clone(),
             composer.clone(),
-            config.mailer.clone(),
+            mailer_settings,
             queue_config(config),
             clock.clone(),
         )?;

@@ -2,7 +2,7 @@
 //! an optional TOML file, then by `HERALD_<SECTION>__<KEY>` variables.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -291,7 +291,7 @@ impl Config {
             .verifiers()
             .map_err(|e| ConfigError(e.to_string()))?;
         self.push_targets()?;
-        self.mailer
+        self.mailer_settings(self.server.listen)
             .validate()
             .and_then(|()| self.audience.validate())
             .map_err(|e| ConfigError(e.to_string()))?;
@@ -352,9 +352,29 @@ impl Config {
         })
     }
 
+    /// The mailer's settings, with an empty `public_url` made from the
+    /// address Herald listens on (`server.listen`, or the one bound when
+    /// that names port 0): a link to `0.0.0.0` or `[::]` would lead nowhere,
+    /// so those become loopback.
+    pub fn mailer_settings(&self, listening_on: SocketAddr) -> MailerSettings {
+        let mut settings = self.mailer.clone();
+        if settings.public_url.is_empty() {
+            let mut reachable = listening_on;
+            if reachable.ip().is_unspecified() {
+                reachable.set_ip(match reachable.ip() {
+                    IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                    IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            settings.public_url = format!("http://{reachable}");
+        }
+        settings
+    }
+
     /// The configuration as TOML with secrets masked.
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
+        shown.mailer = self.mailer_settings(self.server.listen);
         shown.store.url = mask_password(&shown.store.url);
         toml::to_string_pretty(&shown)
             .unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
@@ -440,6 +460,45 @@ mod tests {
         assert_eq!(config.store_url(), "sqlite://herald-data/herald.db");
         assert_eq!(config.bus.backend, BusBackend::Embedded);
         assert_eq!(config.bus.max_body_bytes, 256 * 1024);
+    }
+
+    /// Unsubscribe links lead where Herald listens unless told otherwise:
+    /// `herald serve --listen 127.0.0.1:9000` must not mail links to 8080.
+    #[test]
+    fn the_public_url_follows_the_listen_address_unless_set() {
+        let mut config = load_with(None, &[]).unwrap();
+        assert_eq!(
+            config.mailer_settings(config.server.listen).public_url,
+            "http://127.0.0.1:8080"
+        );
+        for (listen, url) in [
+            ("127.0.0.1:9000", "http://127.0.0.1:9000"),
+            ("0.0.0.0:9000", "http://127.0.0.1:9000"),
+            ("[::]:9000", "http://[::1]:9000"),
+            ("[2001:db8::1]:443", "http://[2001:db8::1]:443"),
+        ] {
+            config.server.listen = listen.parse().unwrap();
+            assert_eq!(
+                config.mailer_settings(config.server.listen).public_url,
+                url,
+                "{listen}"
+            );
+        }
+        assert!(config
+            .to_masked_toml()
+            .contains("public_url = \"http://[2001:db8::1]:443\""));
+
+        let config = load_with(
+            Some("[mailer]\npublic_url = \"https://herald.shop.example.com\"\n"),
+            &[("HERALD_SERVER__LISTEN", "0.0.0.0:9000")],
+        )
+        .unwrap();
+        assert_eq!(
+            config.mailer_settings(config.server.listen).public_url,
+            "https://herald.shop.example.com"
+        );
+        let err = load_with(Some("[mailer]\npublic_url = \"ftp://x\"\n"), &[]).unwrap_err();
+        assert!(err.to_string().contains("mailer.public_url"), "{err}");
     }
 
     #[test]

@@ -224,7 +224,43 @@ async fn an_alert_created_through_the_api_is_sent_on_the_embedded_default() {
     assert_eq!(stats["audience_size"], eligible, "{stats}");
     assert_eq!(stats["sent"], eligible, "{stats}");
     assert_eq!(outbox_count(&app), eligible);
+    one_click_unsubscribe_works_from_a_sent_email(&app).await;
     app.stop().await;
+}
+
+/// The app listens on a port picked at start and no public URL is set: the
+/// links in the emails must still lead to it, and one-click work there.
+async fn one_click_unsubscribe_works_from_a_sent_email(app: &TestApp) {
+    let email = std::fs::read_dir(app.data_dir.join("outbox"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "eml"))
+        .expect("an email in the outbox");
+    let raw = std::fs::read_to_string(&email).unwrap();
+    let header = raw
+        .lines()
+        .find_map(|l| l.strip_prefix("List-Unsubscribe: <"))
+        .unwrap_or_else(|| panic!("no List-Unsubscribe header in {raw}"));
+    let link = header.trim_end().trim_end_matches('>');
+    assert!(
+        link.starts_with(&format!("{}/unsubscribe/", app.address)),
+        "{link} does not lead to {}",
+        app.address
+    );
+    let answer = app
+        .client
+        .post(link)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer
+        .text()
+        .await
+        .unwrap()
+        .contains("You are unsubscribed"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
