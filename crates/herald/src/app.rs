@@ -46,12 +46,15 @@ pub enum AppError {
     #[error(transparent)]
     Bus(#[from] herald_bus::BusError),
     #[error(
-        "bus.backend = {backend:?} needs the {needs} store; store.url gives the {store} store"
+        "bus.backend = {backend:?} needs the {needs} store; store.url gives the {store} store: \
+         set bus.backend = {fits:?} (HERALD_BUS__BACKEND={fits}) or another store.url"
     )]
     BusStoreMismatch {
         backend: &'static str,
         needs: &'static str,
         store: &'static str,
+        /// The bus that lives in the store given.
+        fits: &'static str,
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -76,6 +79,11 @@ impl Backends {
             backend,
             needs,
             store: store.backend(),
+            fits: if store.sqlite().is_some() {
+                "embedded"
+            } else {
+                "postgres"
+            },
         };
         // Each pairing's event sink shares the bus instance, so a publish
         // wakes this process's receivers at once.

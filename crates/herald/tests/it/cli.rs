@@ -62,6 +62,18 @@ fn invalid_configuration_exits_with_one_line_naming_the_key() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("server.listen"), "{err}");
 
+    let out = herald_cmd(dir.path())
+        .env("HERALD_BUS__BACKEND", "postgres")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("needs the PostgreSQL store") && err.contains("HERALD_BUS__BACKEND=embedded"),
+        "{err}"
+    );
+
     std::fs::write(dir.path().join("herald.toml"), "[bus]\nmax_recieves = 3\n").unwrap();
     let out = herald(dir.path(), &["config", "show"]);
     assert_eq!(out.status.code(), Some(2));
