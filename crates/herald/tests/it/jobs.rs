@@ -182,7 +182,7 @@ async fn kill_the_leader_mid_run(store_url: Option<String>) {
         config.store.url = url.clone();
         config.bus.backend = herald::config::BusBackend::Postgres;
     }
-    // Migrated once here, so the two processes do not race to migrate.
+    // The test reads the lease and the runs through a store of its own.
     let backends = Backends::open(&config).await.unwrap();
     let store = backends.store.clone();
     let logs = [dir.path().join("first.log"), dir.path().join("second.log")];
